@@ -1,0 +1,129 @@
+"""The one place that decides how a wmzoo op is registered and which implementation runs.
+
+Every op family (ssd, dmattn, cdmoe, rope) defines its forward and backward as plain Python
+functions with type annotations and hands them to :func:`register_op`. This module decides,
+once for the whole library (design.md, "Kernels: compile-clean by construction"):
+
+* CUDA build of torch, no interpreter: ``torch.library.triton_op``. Inductor traces the body
+  and sees the Triton kernels (launched through ``wrap_triton``). The body doubles as the fake
+  implementation, so bodies must be free of host syncs (no ``.item()``, ``.tolist()``,
+  ``nonzero``) on every path, the reference path included.
+* otherwise (CPU, with or without ``TRITON_INTERPRET=1``): an opaque ``torch.library.custom_op``
+  with an explicit fake. Under the interpreter the body runs the same Triton code on CPU
+  tensors; without it the body runs the plain-PyTorch reference.
+
+Which implementation a body runs is decided by :func:`use_triton` from the tensors' devices,
+and a Triton backend may refuse an input with reasons in words (:class:`Unsupported`), in the
+manner of xformers' ``not_supported_reasons``; the body then falls back to the reference.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+
+NAMESPACE = "wmzoo"
+
+# Read once at import, as Triton itself does: kernels are compiled for one mode per process.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+TRITON_AVAILABLE = _triton_importable()
+
+# triton_op needs a GPU Triton backend to compile for; under the interpreter it cannot be traced
+# by torch.compile (checked on torch 2.13 CPU), so there we register opaque custom ops instead.
+USE_TRITON_OP = TRITON_AVAILABLE and torch.cuda.is_available() and not INTERPRET
+
+
+def use_triton(*tensors: torch.Tensor | None) -> bool:
+    """True when the Triton code path can run on these tensors' device.
+
+    CUDA tensors always take Triton; CPU tensors only under ``TRITON_INTERPRET=1``.
+    """
+    present = [t for t in tensors if t is not None]
+    if not TRITON_AVAILABLE or not present:
+        return False
+    if all(t.is_cuda for t in present):
+        return True
+    return INTERPRET and all(t.device.type == "cpu" for t in present)
+
+
+def register_op(name: str, body: Callable, *, fake: Callable | None = None):
+    """Register ``body`` as the op ``wmzoo::name`` and return the op (a ``CustomOpDef``).
+
+    ``fake`` computes output metadata from input metadata; it is used wherever the op is
+    opaque. With ``triton_op`` the body itself is traced instead, so ``fake`` is not needed.
+    """
+    qualname = f"{NAMESPACE}::{name}"
+    if USE_TRITON_OP:
+        return torch.library.triton_op(qualname, body, mutates_args=())
+    op = torch.library.custom_op(qualname, body, mutates_args=())
+    if fake is None:
+        raise ValueError(f"register_op({name!r}): a fake implementation is required on this platform")
+    op.register_fake(fake)
+    return op
+
+
+def launch(kernel):
+    """Wrap a ``@triton.jit`` kernel so that a ``triton_op`` body exposes it to Inductor.
+
+    Outside tracing (eager, interpreter) this launches the kernel directly.
+    """
+    return torch.library.wrap_triton(kernel)
+
+
+class Unsupported(Exception):
+    """Raised by a Triton backend's check: the fast path cannot take this input, and why."""
+
+
+def reference_vjp(
+    fn: Callable[..., Sequence[torch.Tensor] | torch.Tensor],
+    inputs: Sequence[torch.Tensor | None],
+    grad_outputs: Sequence[torch.Tensor | None],
+    **static,
+) -> list[torch.Tensor | None]:
+    """Gradients of a plain-PyTorch reference, by recomputing it under autograd.
+
+    This is the backward of every op's reference backend: the reference is the spec, so its
+    autograd graph is the spec of the backward too. Float inputs get gradients; ``None`` and
+    integer inputs get ``None``.
+    """
+    with torch.enable_grad():
+        leaves = [
+            t.detach().requires_grad_(True) if t is not None and t.is_floating_point() else t
+            for t in inputs
+        ]
+        outs = fn(*leaves, **static)
+        outs = [outs] if isinstance(outs, torch.Tensor) else list(outs)
+        pairs = [(o, g) for o, g in zip(outs, grad_outputs) if g is not None and o.requires_grad]
+        wrt = [t for t in leaves if t is not None and t.requires_grad]
+        if not pairs or not wrt:
+            grads = [None] * len(wrt)
+        else:
+            grads = torch.autograd.grad(
+                [o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True
+            )
+    it = iter(grads)
+    result: list[torch.Tensor | None] = []
+    for t in leaves:
+        if t is not None and isinstance(t, torch.Tensor) and t.requires_grad:
+            g = next(it)
+            result.append(torch.zeros_like(t) if g is None else g)
+        else:
+            result.append(None)
+    return result
+
+
+def empty_like_none(ref: torch.Tensor) -> torch.Tensor:
+    """The stand-in for an absent tensor output (op schemas cannot return ``None``)."""
+    return ref.new_empty(0)

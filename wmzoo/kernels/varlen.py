@@ -1,0 +1,22 @@
+"""Packed variable-length batches: helpers every op family shares, all free of host syncs."""
+
+from __future__ import annotations
+
+import torch
+
+
+def seq_idx_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Sequence index of every packed position, shape (total,), int64.
+
+    ``cu_seqlens = [0, 3, 5]`` gives ``[0, 0, 0, 1, 1]``. Positions past the last boundary get
+    the index of a trailing sequence of their own, so they never attend into real sequences.
+    """
+    pos = torch.arange(total, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
+    return torch.searchsorted(cu_seqlens[1:].contiguous(), pos, right=True).to(torch.int64)
+
+
+def positions_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Position of every packed token inside its own sequence, shape (total,), int64."""
+    seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, total)
+    starts = cu_seqlens.to(torch.int64)[seq_idx.clamp(max=cu_seqlens.shape[0] - 2)]
+    return torch.arange(total, device=cu_seqlens.device) - starts
