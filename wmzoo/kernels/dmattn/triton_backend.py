@@ -1,0 +1,165 @@
+"""Triton backend of the DMAttn ops: ``forward``, ``backward`` (the op bodies' signatures) and
+``decode`` (for ``DMAttnCache.attend``). Inputs the kernels cannot take raise
+``Unsupported`` with the reason; the op then runs the reference.
+
+No host syncs: block tables for varlen are built with device ops (triton_layout), and every
+branch depends on shapes, dtypes and the static keep_window only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from ..registry import INTERPRET, Unsupported, launch
+from .triton_bwd import _bwd_kv_kernel, _bwd_q_kernel
+from .triton_decode import _decode_kernel
+from .triton_fwd import _fwd_kernel
+from .triton_layout import block_layout
+from .triton_select import select_window
+
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dtype not in KERNEL_DTYPES:
+            raise Unsupported(f"{name}: dtype {t.dtype} (kernels take float16, bfloat16, float32)")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise Unsupported(f"q, k, v: mixed dtypes {q.dtype}, {k.dtype}, {v.dtype}")
+    if bias.dtype not in KERNEL_DTYPES:
+        raise Unsupported(f"bias: dtype {bias.dtype} (kernels take float16, bfloat16, float32)")
+    if q.shape[-1] > MAX_HEAD_DIM:
+        raise Unsupported(f"q: head dim {q.shape[-1]} > {MAX_HEAD_DIM}")
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """Head-dim stride 1, as every kernel assumes (the grad of .sum() has stride 0)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _window(keep_window: int, t: int) -> int:
+    """0 = no window; a window at or above the (longest possible) length keeps every causal key."""
+    return 0 if keep_window <= 0 or keep_window >= t else keep_window
+
+
+def _config(d: int, on_gpu: bool, backward: bool) -> dict:
+    if not on_gpu:  # the interpreter: fewer, larger programs run faster; still several per test size
+        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
+    if backward:
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=8 if d > 64 else 4, num_stages=2)
+    return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8 if d > 64 else 4, num_stages=3 if d <= 128 else 2)
+
+
+def _flags(q: torch.Tensor, d: int) -> dict:
+    return dict(BLOCK_D=max(16, triton.next_power_of_2(d)), UPCAST=INTERPRET and not q.is_cuda,
+                IEEE=q.dtype == torch.float32)
+
+
+def forward(q, k, v, bias, cu_seqlens, keep_window: int, scale: float):
+    _check(q, k, v, bias)
+    q, k, v, bias = _rows(q), _rows(k), _rows(v), bias.contiguous()
+    b, t, h, d = q.shape
+    hkv = k.shape[2]
+    w = _window(keep_window, t)
+    cfg = _config(d, q.is_cuda, backward=False)
+    layout = block_layout(t, cu_seqlens, cfg["BLOCK_M"], q.device)
+    o = torch.empty_like(q)
+    lse = torch.empty((b, h, t), dtype=torch.float32, device=q.device)
+    if w:
+        kept, theta = select_window(bias, w, cfg["BLOCK_M"], layout)
+    else:
+        kept = theta = layout.blk_info  # unused placeholders
+    launch(_fwd_kernel)[(layout.n_blocks, b * h)](
+        q, k, v, bias, o, lse, layout.blk_info, kept, theta,
+        scale, t, d, h, h // hkv, max(w, 1), layout.n_blocks,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+        bias.stride(0), bias.stride(1), lse.stride(0), lse.stride(1),
+        kept.stride(0) if w else 0, kept.stride(1) if w else 0,
+        theta.stride(0) if w else 0, theta.stride(1) if w else 0,
+        VARLEN=layout.varlen, WINDOW=bool(w), **_flags(q, d), **cfg,
+    )
+    return o, lse
+
+
+def backward(do, q, k, v, bias, o, lse, cu_seqlens, keep_window: int, scale: float):
+    _check(q, k, v, bias)
+    do, q, k, v, o = _rows(do), _rows(q), _rows(k), _rows(v), _rows(o)
+    bias_c = bias.contiguous()
+    lse = lse.contiguous()
+    b, t, h, d = q.shape
+    hkv = k.shape[2]
+    g = h // hkv
+    w = _window(keep_window, t)
+    cfg = _config(d, q.is_cuda, backward=True)
+    flags = _flags(q, d)
+    delta = (o.float() * do.float()).sum(-1).transpose(1, 2).contiguous()  # (b, h, t)
+    layout = block_layout(t, cu_seqlens, cfg["BLOCK_M"], q.device)
+    dq = torch.empty_like(q)
+    if w:
+        kept, theta = select_window(bias_c, w, cfg["BLOCK_M"], layout)
+        dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
+        dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+        dbias = torch.zeros(bias_c.shape, dtype=torch.float32, device=bias.device)
+    else:
+        kept = theta = layout.blk_info
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        dbias = torch.empty(bias_c.shape, dtype=bias.dtype, device=bias.device)
+    launch(_bwd_q_kernel)[(layout.n_blocks, b * h)](
+        q, k, v, bias_c, do, lse, delta, dq, dk, dv, dbias,
+        layout.blk_info, kept, theta,
+        scale, t, d, h, g, max(w, 1), layout.n_blocks,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
+        *dk.stride()[:3], *dv.stride()[:3], dbias.stride(0), dbias.stride(1),
+        bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1),
+        kept.stride(0) if w else 0, kept.stride(1) if w else 0,
+        theta.stride(0) if w else 0, theta.stride(1) if w else 0,
+        VARLEN=layout.varlen, WINDOW=bool(w), **flags, **cfg,
+    )
+    if w:
+        return dq, dk.to(k.dtype), dv.to(v.dtype), dbias.to(bias.dtype)
+    kv_layout = block_layout(t, cu_seqlens, cfg["BLOCK_N"], q.device)
+    launch(_bwd_kv_kernel)[(kv_layout.n_blocks, b * hkv)](
+        q, k, v, bias_c, do, lse, delta, dk, dv, dbias, kv_layout.blk_info,
+        scale, t, d, hkv, g, kv_layout.n_blocks,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
+        *dk.stride()[:3], *dv.stride()[:3], dbias.stride(0), dbias.stride(1),
+        bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1),
+        VARLEN=kv_layout.varlen, BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], **flags,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return dq, dk, dv, dbias
+
+
+def decode(q, k_cache, v_cache, bias_cache, valid, scale):
+    """o (b, 1, h, d) for q (b, 1, h, d) against slots k_cache, v_cache (b, s, hkv, d),
+    bias_cache (b, hkv, s) and valid (b, hkv, s) (bool): softmax over the valid slots."""
+    _check(q, k_cache, v_cache, bias_cache)
+    q, k_cache, v_cache = _rows(q), _rows(k_cache), _rows(v_cache)
+    bias_cache = bias_cache.contiguous()
+    valid = valid.to(torch.int8).contiguous()
+    b, _, h, d = q.shape
+    s, hkv = k_cache.shape[1], k_cache.shape[2]
+    block_n = 64
+    # enough programs to fill the GPU at batch 1 (split-K), chunks of whole tiles
+    n_split = max(1, min(triton.cdiv(s, 4 * block_n), triton.cdiv(256, b * h) if q.is_cuda else 4))
+    chunk = triton.cdiv(triton.cdiv(s, n_split), block_n) * block_n
+    n_split = max(1, triton.cdiv(s, chunk))
+    block_d = max(16, triton.next_power_of_2(d))
+    acc = torch.empty((b, h, n_split, block_d), dtype=torch.float32, device=q.device)
+    m = torch.empty((b, h, n_split), dtype=torch.float32, device=q.device)
+    lsum = torch.empty_like(m)
+    launch(_decode_kernel)[(b * h, n_split)](
+        q, k_cache, v_cache, bias_cache, valid, acc, m, lsum,
+        scale, s, d, h, h // hkv, chunk,
+        q.stride(0), q.stride(2), *k_cache.stride()[:3], *v_cache.stride()[:3],
+        bias_cache.stride(0), bias_cache.stride(1), m.stride(0), m.stride(1),
+        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4,
+    )
+    m_all = m.amax(-1, keepdim=True)
+    wgt = torch.exp2(m - torch.where(torch.isinf(m_all), torch.zeros_like(m_all), m_all))
+    out = (acc * wgt[..., None]).sum(2) / (lsum * wgt).sum(-1, keepdim=True)
+    return out[..., :d].unsqueeze(1).to(q.dtype)

@@ -1,0 +1,182 @@
+"""DMAttn backward, flash style: P is recomputed from the saved log-sum-exp.
+
+With dP = dO V^T, D_i = rowsum(dO * O) and dS = P * (dP - D) (the gradient of the logits):
+dq = scale * dS K, dk = scale * dS^T Q, dv = P^T dO, dbias_j = column sums of dS, summed over
+the query heads of the key's kv head.
+
+* ``_bwd_q_kernel`` (query-major, the same key phases as the forward) computes dq. With a
+  keep_window it also adds dk, dv and dbias of its gathered keys into fp32 buffers with atomics:
+  a key is kept by an arbitrary set of query blocks, so the gathered lists cannot be inverted
+  into dense key-major work.
+* ``_bwd_kv_kernel`` (key-major, no window) owns a key block of one kv head, loops over the
+  query heads of that kv head and the causal queries, and accumulates dk, dv, dbias in
+  registers: no atomics, deterministic.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_fwd import block_bounds, load_rows
+from .triton_select import ranks_above
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, b_ptr, kj, col_ok, mask,
+                dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
+                ATOMIC: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    k = load_rows(k_ptr, kj, col_ok, s_kt, offs_d, D, UPCAST)
+    v = load_rows(v_ptr, kj, col_ok, s_vt, offs_d, D, UPCAST)
+    bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
+    s = _dot(q, tl.trans(k), IEEE) * qk_scale + bj[None, :] * 1.4426950408889634
+    p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
+    dp = _dot(do, tl.trans(v), IEEE)
+    ds = p * (dp - delta[:, None])
+    dq += _dot(ds.to(k.dtype), k, IEEE)
+    if ATOMIC:
+        d_ok = col_ok[:, None] & (offs_d[None, :] < D)
+        dv_part = _dot(tl.trans(p.to(do.dtype)), do, IEEE)
+        dk_part = _dot(tl.trans(ds.to(q.dtype)), q, IEEE) * sm_scale
+        tl.atomic_add(dv_ptr + kj[:, None].to(tl.int64) * s_dvt + offs_d[None, :], dv_part, mask=d_ok, sem="relaxed")
+        tl.atomic_add(dk_ptr + kj[:, None].to(tl.int64) * s_dkt + offs_d[None, :], dk_part, mask=d_ok, sem="relaxed")
+        tl.atomic_add(db_ptr + kj, tl.sum(ds, axis=0), mask=col_ok, sem="relaxed")
+    return dq
+
+
+@triton.jit
+def _bwd_q_kernel(
+    q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr, db_ptr,
+    info_ptr, kept_ptr, theta_ptr,
+    sm_scale, T, D, H, G, W, N_BLK,
+    s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_dob, s_dot, s_doh, s_dqb, s_dqt, s_dqh,
+    s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_dbb, s_dbh,
+    s_bb, s_bh, s_lb, s_lh, s_keb, s_keh, s_thb, s_thh,
+    VARLEN: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    bi = pid_bh // H
+    hq = pid_bh % H
+    hk = hq // G
+    start, end, i0 = block_bounds(pid_m, info_ptr, T, N_BLK, VARLEN, BLOCK_M)
+    bi64 = bi.to(tl.int64)
+    q_ptr += bi64 * s_qb + hq * s_qh
+    do_ptr += bi64 * s_dob + hq * s_doh
+    dq_ptr += bi64 * s_dqb + hq * s_dqh
+    k_ptr += bi64 * s_kb + hk * s_kh
+    v_ptr += bi64 * s_vb + hk * s_vh
+    b_ptr += bi64 * s_bb + hk * s_bh
+    dk_ptr += bi64 * s_dkb + hk * s_dkh
+    dv_ptr += bi64 * s_dvb + hk * s_dvh
+    db_ptr += bi64 * s_dbb + hk * s_dbh
+    offs_m = i0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < end
+    q = load_rows(q_ptr, offs_m, row_ok, s_qt, offs_d, D, UPCAST)
+    do = load_rows(do_ptr, offs_m, row_ok, s_dot, offs_d, D, UPCAST)
+    lse2 = tl.load(lse_ptr + bi64 * s_lb + hq * s_lh + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(delta_ptr + bi64 * s_lb + hq * s_lh + offs_m, mask=row_ok, other=0.0)
+    qk_scale = sm_scale * 1.4426950408889634
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if WINDOW:
+        th_idx = tl.load(theta_ptr + bi64 * s_thb + hk * s_thh + offs_m, mask=row_ok, other=-1)
+        th_b = tl.load(b_ptr + th_idx, mask=th_idx >= 0, other=float("-inf")).to(tl.float32)
+        kept_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
+        for n0 in range(0, W, BLOCK_N):
+            slot = n0 + offs_n
+            kj = tl.load(kept_ptr + slot, mask=slot < W, other=-1)
+            col_ok = kj >= 0
+            bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
+            keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
+            mask = keep & col_ok[None, :] & row_ok[:, None]
+            dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, b_ptr, kj, col_ok, mask,
+                             dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
+                             True, UPCAST, IEEE)
+    else:
+        for n0 in range(start, i0, BLOCK_N):
+            kj = n0 + offs_n
+            col_ok = kj < i0
+            dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, b_ptr, kj, col_ok,
+                             col_ok[None, :] & row_ok[:, None],
+                             dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
+                             False, UPCAST, IEEE)
+    hi = tl.minimum(i0 + BLOCK_M, end)
+    for n0 in range(i0, hi, BLOCK_N):
+        kj = n0 + offs_n
+        col_ok = kj < hi
+        mask = col_ok[None, :] & (kj[None, :] <= offs_m[:, None]) & row_ok[:, None]
+        if WINDOW:
+            bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
+            keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
+            mask = mask & keep
+        dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, b_ptr, kj, col_ok, mask,
+                         dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
+                         WINDOW, UPCAST, IEEE)
+    tl.store(dq_ptr + offs_m[:, None].to(tl.int64) * s_dqt + offs_d[None, :], (dq * sm_scale).to(dq_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _bwd_kv_kernel(
+    q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, db_ptr, info_ptr,
+    sm_scale, T, D, HKV, G, N_BLK,
+    s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_dob, s_dot, s_doh,
+    s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_dbb, s_dbh, s_bb, s_bh, s_lb, s_lh,
+    VARLEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    bi = pid_bh // HKV
+    hk = pid_bh % HKV
+    start, end, j0 = block_bounds(pid_n, info_ptr, T, N_BLK, VARLEN, BLOCK_N)
+    bi64 = bi.to(tl.int64)
+    k_ptr += bi64 * s_kb + hk * s_kh
+    v_ptr += bi64 * s_vb + hk * s_vh
+    b_ptr += bi64 * s_bb + hk * s_bh
+    offs_n = j0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    col_ok = offs_n < end
+    k = load_rows(k_ptr, offs_n, col_ok, s_kt, offs_d, D, UPCAST)
+    v = load_rows(v_ptr, offs_n, col_ok, s_vt, offs_d, D, UPCAST)
+    bj = tl.load(b_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * 1.4426950408889634
+    qk_scale = sm_scale * 1.4426950408889634
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    db = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for g in range(0, G):
+        hq = hk * G + g
+        qh_ptr = q_ptr + bi64 * s_qb + hq * s_qh
+        doh_ptr = do_ptr + bi64 * s_dob + hq * s_doh
+        l_ptr = lse_ptr + bi64 * s_lb + hq * s_lh
+        d_ptr = delta_ptr + bi64 * s_lb + hq * s_lh
+        for m0 in range(j0, end, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            row_ok = offs_m < end
+            q = load_rows(qh_ptr, offs_m, row_ok, s_qt, offs_d, D, UPCAST)
+            do = load_rows(doh_ptr, offs_m, row_ok, s_dot, offs_d, D, UPCAST)
+            lse2 = tl.load(l_ptr + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
+            delta = tl.load(d_ptr + offs_m, mask=row_ok, other=0.0)
+            st = _dot(k, tl.trans(q), IEEE) * qk_scale + bj[:, None]
+            mask = col_ok[:, None] & row_ok[None, :] & (offs_m[None, :] >= offs_n[:, None])
+            pt = tl.where(mask, tl.exp2(st - lse2[None, :]), 0.0)
+            dv += _dot(pt.to(do.dtype), do, IEEE)
+            dpt = _dot(v, tl.trans(do), IEEE)
+            dst = pt * (dpt - delta[None, :])
+            dk += _dot(dst.to(q.dtype), q, IEEE)
+            db += tl.sum(dst, axis=1)
+    d_ok = col_ok[:, None] & (offs_d[None, :] < D)
+    rows = offs_n[:, None].to(tl.int64)
+    tl.store(dk_ptr + bi64 * s_dkb + hk * s_dkh + rows * s_dkt + offs_d[None, :], (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=d_ok)
+    tl.store(dv_ptr + bi64 * s_dvb + hk * s_dvh + rows * s_dvt + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=d_ok)
+    tl.store(db_ptr + bi64 * s_dbb + hk * s_dbh + offs_n, db.to(db_ptr.dtype.element_ty), mask=col_ok)

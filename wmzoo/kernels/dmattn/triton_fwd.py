@@ -1,0 +1,136 @@
+"""DMAttn forward: flash-attention style (online softmax, fp32 statistics, exp2 domain).
+
+One program per (query block, batch x query head). Logits are q.k * scale + bias_j; the
+per-key bias is loaded once per key tile. Keys come in two phases:
+
+1. keys before the block: every causal key [seq start, i0) in tiles, or with a keep_window the
+   block's gathered list ``kept[blk]`` (the w top-ranked keys before i0, see triton_select),
+   masked per element by the query's threshold;
+2. the block's own keys (the diagonal), masked by causality (and the threshold).
+
+So with a window each query block touches w + M keys instead of up to t.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_select import ranks_above
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def block_bounds(pid_m, info_ptr, T, N_BLK, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr):
+    """(sequence start, sequence end, first query) of query block pid_m."""
+    if VARLEN:
+        start = tl.load(info_ptr + pid_m)
+        end = tl.load(info_ptr + N_BLK + pid_m)
+        i0 = tl.load(info_ptr + 2 * N_BLK + pid_m)
+    else:
+        start = 0
+        end = T
+        i0 = pid_m * BLOCK_M
+    return start, end, i0
+
+
+@triton.jit
+def load_rows(ptr, rows, row_ok, stride_t, offs_d, D, UPCAST: tl.constexpr):
+    """Load a (len(rows), BLOCK_D) tile of a (t, d) slice; fp32 under the interpreter."""
+    x = tl.load(ptr + rows[:, None].to(tl.int64) * stride_t + offs_d[None, :],
+                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, b_ptr, kj, col_ok, mask, s_kt, s_vt, offs_d, D, qk_scale,
+              UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    k = load_rows(k_ptr, kj, col_ok, s_kt, offs_d, D, UPCAST)
+    bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = s * qk_scale + bj[None, :] * 1.4426950408889634
+    s = tl.where(mask, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    v = load_rows(v_ptr, kj, col_ok, s_vt, offs_d, D, UPCAST)
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _fwd_kernel(
+    q_ptr, k_ptr, v_ptr, b_ptr, o_ptr, lse_ptr, info_ptr, kept_ptr, theta_ptr,
+    sm_scale, T, D, H, G, W, N_BLK,
+    s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh,
+    s_bb, s_bh, s_lb, s_lh, s_keb, s_keh, s_thb, s_thh,
+    VARLEN: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    bi = pid_bh // H
+    hq = pid_bh % H
+    hk = hq // G
+    start, end, i0 = block_bounds(pid_m, info_ptr, T, N_BLK, VARLEN, BLOCK_M)
+    bi64 = bi.to(tl.int64)
+    q_ptr += bi64 * s_qb + hq * s_qh
+    k_ptr += bi64 * s_kb + hk * s_kh
+    v_ptr += bi64 * s_vb + hk * s_vh
+    o_ptr += bi64 * s_ob + hq * s_oh
+    b_ptr += bi64 * s_bb + hk * s_bh
+    offs_m = i0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < end
+    q = load_rows(q_ptr, offs_m, row_ok, s_qt, offs_d, D, UPCAST)
+    qk_scale = sm_scale * 1.4426950408889634
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if WINDOW:
+        th_idx = tl.load(theta_ptr + bi64 * s_thb + hk * s_thh + offs_m, mask=row_ok, other=-1)
+        th_b = tl.load(b_ptr + th_idx, mask=th_idx >= 0, other=float("-inf")).to(tl.float32)
+        kept_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
+        for n0 in range(0, W, BLOCK_N):
+            slot = n0 + offs_n
+            kj = tl.load(kept_ptr + slot, mask=slot < W, other=-1)
+            col_ok = kj >= 0
+            bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
+            keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, b_ptr, kj, col_ok,
+                                      keep & col_ok[None, :], s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
+    else:
+        for n0 in range(start, i0, BLOCK_N):
+            kj = n0 + offs_n
+            col_ok = kj < i0
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, b_ptr, kj, col_ok,
+                                      col_ok[None, :], s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
+    hi = tl.minimum(i0 + BLOCK_M, end)
+    for n0 in range(i0, hi, BLOCK_N):
+        kj = n0 + offs_n
+        col_ok = kj < hi
+        mask = col_ok[None, :] & (kj[None, :] <= offs_m[:, None])
+        if WINDOW:
+            bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
+            keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
+            mask = mask & keep
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, b_ptr, kj, col_ok,
+                                  mask, s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    tl.store(o_ptr + offs_m[:, None].to(tl.int64) * s_ot + offs_d[None, :], o.to(o_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_d[None, :] < D))
+    lse = (m_i + tl.log2(l_safe)) * 0.6931471805599453
+    tl.store(lse_ptr + bi64 * s_lb + hq * s_lh + offs_m, lse, mask=row_ok)
