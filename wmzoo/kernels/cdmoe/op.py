@@ -2,7 +2,10 @@
 
 Each forward and each backward is its own registered op, so torch.compile sees opaque ops
 (or, on CUDA, traceable triton_op bodies) in both directions and never needs to trace the
-reference's autograd graph.
+reference's autograd graph. Bodies run the Triton kernels when ``use_triton`` says so and
+the kernel accepts the input (else ``Unsupported`` sends them to the reference). The
+retrieval backward is plain PyTorch on every device: a scatter into the S half-scores and
+two matmuls, which cuBLAS does better than a custom kernel would.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import torch
 from torch import Tensor
 
 from ..checks import FLOAT_DTYPES, check_positive, check_tensor
-from ..registry import register_op
+from ..registry import Unsupported, register_op, use_triton
+from .experts_kernel import cdmoe_experts_backward_triton, cdmoe_experts_triton
 from .reference import (
     cdmoe_experts_backward_reference,
     cdmoe_experts_reference,
     product_key_topk_backward_reference,
     product_key_topk_reference,
 )
+from .retrieval_kernel import product_key_topk_triton
 
 
 def sqrt_experts(n_experts: int) -> int:
@@ -37,6 +42,11 @@ def sqrt_experts(n_experts: int) -> int:
 
 
 def _retrieval_body(query: Tensor, sub_keys: Tensor, topk: int) -> tuple[Tensor, Tensor]:
+    if use_triton(query, sub_keys):
+        try:
+            return product_key_topk_triton(query, sub_keys, topk)
+        except Unsupported:
+            pass
     return product_key_topk_reference(query, sub_keys, topk)
 
 
@@ -104,6 +114,11 @@ def product_key_topk(query: Tensor, sub_keys: Tensor, topk: int) -> tuple[Tensor
 
 
 def _experts_body(x: Tensor, indices: Tensor, weights: Tensor, down: Tensor, up: Tensor) -> Tensor:
+    if use_triton(x, indices, weights, down, up):
+        try:
+            return cdmoe_experts_triton(x, indices, weights, down, up)
+        except Unsupported:
+            pass
     return cdmoe_experts_reference(x, indices, weights, down, up)
 
 
@@ -117,7 +132,12 @@ _experts_op = register_op("cdmoe_experts", _experts_body, fake=_experts_fake)
 def _experts_bwd_body(
     grad: Tensor, x: Tensor, indices: Tensor, weights: Tensor, down: Tensor, up: Tensor, deterministic: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    # The reference backward is deterministic either way (index_add_ on CPU).
+    if use_triton(grad, x, indices, weights, down, up):
+        try:
+            return cdmoe_experts_backward_triton(grad, x, indices, weights, down, up, deterministic)
+        except Unsupported:
+            pass
+    # index_add_ of the reference: deterministic on CPU; on CUDA only if torch is asked to be
     return cdmoe_experts_backward_reference(grad, x, indices, weights, down, up)
 
 
@@ -147,8 +167,10 @@ def cdmoe_experts(x: Tensor, indices: Tensor, weights: Tensor, down: Tensor, up:
 
     x (n, d); indices (n, k) int64 in [0, N) (values are the caller's contract: checking them
     would sync the host); weights (n, k); down, up (N, d); all floats of x's dtype on x's
-    device. Gradients reach x, weights, down and up. The backward of the down/up tables is
-    run-to-run deterministic when ``torch.use_deterministic_algorithms(True)`` is on.
+    device. Gradients reach x, weights, down and up. The Triton backward adds the down/up
+    table gradients atomically (run-to-run order varies); with
+    ``torch.use_deterministic_algorithms(True)`` on at the forward call it sums them per expert
+    in a fixed, sorted order instead.
     """
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     n, d = x.shape
