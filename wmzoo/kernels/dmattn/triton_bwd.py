@@ -92,7 +92,8 @@ def _bwd_q_kernel(
         th_idx = tl.load(theta_ptr + bi64 * s_thb + hk * s_thh + offs_m, mask=row_ok, other=-1)
         th_b = tl.load(b_ptr + th_idx, mask=th_idx >= 0, other=float("-inf")).to(tl.float32)
         kept_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
-        for n0 in range(0, W, BLOCK_N):
+        # the list is packed at the front: min(w, keys before the block) entries
+        for n0 in range(0, tl.minimum(W, i0 - start), BLOCK_N):
             slot = n0 + offs_n
             kj = tl.load(kept_ptr + slot, mask=slot < W, other=-1)
             col_ok = kj >= 0

@@ -16,6 +16,7 @@ p + (block keys above it), a block key to (K entries above it) + (block keys abo
 landing at slot >= w drop out for good (the threshold never falls). The threshold of query i
 is the candidate whose count of higher-ranked present keys is exactly w-1; only the M+1 lowest
 K slots and the block's keys can be that candidate, since each new key moves it by one slot.
+All comparison tiles are at most M x M (or CH x M), so nothing spills out of registers.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _select_kernel(
     bias_ptr, cu_ptr, blk_start_ptr, kept_ptr, theta_ptr,
     T, W,
     s_bb, s_bh, s_kb, s_kh, s_tb, s_th,
-    VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, CH: tl.constexpr, CM: tl.constexpr,
+    VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, CH: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -57,7 +58,6 @@ def _select_kernel(
     theta_ptr += pid_b.to(tl.int64) * s_tb + pid_h * s_th
     offs_m = tl.arange(0, BLOCK_M)
     offs_c = tl.arange(0, CH)
-    offs_cm = tl.arange(0, CM)
     for lb in range(0, nb):
         i0 = start + lb * BLOCK_M
         cur = kept_ptr + (blk0 + lb).to(tl.int64) * W
@@ -88,7 +88,7 @@ def _select_kernel(
         cnt_b = n_k_above[:, None] + tl.cumsum(A.to(tl.int32), axis=1)
         hit_b = (cnt_b == W - 1) & upto & yv[:, None]
         theta = tl.max(tl.where(hit_b, yi[:, None], -1), axis=0)
-        cslot = W - CM + offs_cm
+        cslot = W - BLOCK_M + offs_m  # the M lowest K slots
         cidx = tl.load(cur + cslot, mask=cslot >= 0, other=-1)
         cv = cidx >= 0
         cb = tl.load(bias_ptr + cidx, mask=cv, other=0.0).to(tl.float32)
@@ -96,6 +96,12 @@ def _select_kernel(
         cnt_k = cslot[:, None] + tl.cumsum(y_over_c.to(tl.int32), axis=1)
         hit_k = (cnt_k == W - 1) & cv[:, None]
         theta = tl.maximum(theta, tl.max(tl.where(hit_k, cidx[:, None], -1), axis=0))
+        # the one candidate left: slot W-M-1, the threshold once all M block keys ranked above it
+        # (no other candidate hit although w keys are present)
+        n_valid = tl.minimum(i0 - start, W)
+        last = tl.load(cur + W - BLOCK_M - 1, mask=W - BLOCK_M - 1 >= 0, other=-1)
+        full = n_valid + offs_m + 1 >= W
+        theta = tl.where((theta < 0) & full & (W - BLOCK_M - 1 >= 0), last, theta)
         tl.store(theta_ptr + yi, theta, mask=yv)
         # the next block reads the slots written above by other threads of this program
         tl.debug_barrier()
@@ -111,7 +117,7 @@ def select_window(bias: torch.Tensor, keep_window: int, block_m: int, layout) ->
         bias, layout.cu_seqlens, layout.blk_start, kept, theta,
         t, keep_window,
         bias.stride(0), bias.stride(1), kept.stride(0), kept.stride(1), theta.stride(0), theta.stride(1),
-        VARLEN=layout.varlen, BLOCK_M=block_m, CH=min(128, triton.next_power_of_2(keep_window)),
-        CM=2 * block_m, num_warps=4,
+        VARLEN=layout.varlen, BLOCK_M=block_m, CH=min(64, triton.next_power_of_2(keep_window)),
+        num_warps=8 if block_m >= 128 else 4,
     )
     return kept, theta

@@ -1,0 +1,172 @@
+"""DMAttn Triton kernels against a float64 brute force written here (TRITON_INTERPRET=1 on CPU,
+bf16 on a GPU). The brute force materializes the T x T logits and builds the keep_window mask
+from explicit rank counts, so it shares nothing with the kernels' block-merge selection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import REL_TOL, assert_close
+from wmzoo.kernels.dmattn import triton_backend
+from wmzoo.kernels.registry import Unsupported
+
+
+def keep_mask(bias: torch.Tensor, w: int | None) -> torch.Tensor:
+    """bias (t,) -> (t, t): query i keeps the w causal keys of highest rank (bias, then recency)."""
+    t = bias.shape[0]
+    j = torch.arange(t)
+    causal = j[None, :] <= j[:, None]
+    if w is None:
+        return causal
+    above = (bias[:, None] > bias[None, :]) | ((bias[:, None] == bias[None, :]) & (j[:, None] > j[None, :]))
+    count = torch.cumsum(above.long(), 0)  # count[i, j] = #{j' <= i ranking above j}
+    return causal & (count < w)
+
+
+def brute_force(q, k, v, bias, w, scale, cu=None):
+    """float64 o (b,t,h,d) and lse (b,h,t); cu: python list of sequence boundaries."""
+    q, k, v, bias = (x.double() for x in (q, k, v, bias))
+    b, t, h, _ = q.shape
+    g = h // k.shape[2]
+    kh, vh, bh = k.repeat_interleave(g, 2), v.repeat_interleave(g, 2), bias.repeat_interleave(g, 1)
+    s = torch.einsum("bihd,bjhd->bhij", q, kh) * scale + bh[:, :, None, :]
+    mask = torch.zeros(b, h, t, t, dtype=torch.bool)
+    bounds = [(0, t)] if cu is None else list(zip(cu[:-1], cu[1:]))
+    for x in range(b):
+        for y in range(h):
+            for s0, s1 in bounds:
+                mask[x, y, s0:s1, s0:s1] = keep_mask(bh[x, y, s0:s1].detach(), w)
+    s = s.masked_fill(~mask, float("-inf"))
+    return torch.einsum("bhij,bjhd->bihd", torch.softmax(s, -1), vh), torch.logsumexp(s, -1)
+
+
+def make_bias(kind: str, shape, gen):
+    t = shape[-1]
+    if kind == "normal":
+        return torch.randn(shape, generator=gen)
+    if kind == "ties":  # few distinct values: the tie rule decides most of the window
+        return torch.randint(-2, 2, shape, generator=gen).float()
+    ramp = torch.arange(t, dtype=torch.float32) / t
+    return (ramp if kind == "rising" else -ramp).expand(shape).contiguous()  # every new key on top / at bottom
+
+
+def run_case(b, t, h, hkv, d, w, dtype, bias_kind="normal", cu=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, t, h, d, generator=gen).to(dtype)
+    k = torch.randn(b, t, hkv, d, generator=gen).to(dtype)
+    v = torch.randn(b, t, hkv, d, generator=gen).to(dtype)
+    bias = make_bias(bias_kind, (b, hkv, t), gen)
+    do = torch.randn(b, t, h, d, generator=gen).to(dtype)
+    scale = 0.8 * d**-0.5
+    cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    o, lse = triton_backend.forward(q, k, v, bias, cut, w or 0, scale)
+    grads = triton_backend.backward(do, q, k, v, bias, o, lse, cut, w or 0, scale)
+    leaves = [x.double().requires_grad_() for x in (q, k, v, bias)]
+    o_ref, lse_ref = brute_force(*leaves, w, scale, cu)
+    ref_grads = torch.autograd.grad(o_ref, leaves, do.double())
+    assert o.dtype == dtype and lse.dtype == torch.float32 and lse.shape == (b, h, t)
+    assert_close(o, o_ref, dtype, "o")
+    assert_close(lse, lse_ref, torch.float32, "lse")
+    for name, got, want in zip(("dq", "dk", "dv", "dbias"), grads, ref_grads):
+        assert got.shape == want.shape
+        # a single kept key per query gives exactly zero logit gradients: compare absolutely then
+        if want.norm() == 0:
+            assert got.abs().max() <= REL_TOL[dtype], name
+        else:
+            assert_close(got, want, dtype, name, factor=2.0)
+
+
+CASES = [
+    # b, t, h, hkv, d, keep_window, dtype, bias
+    (1, 1, 2, 1, 16, None, torch.float32, "normal"),
+    (1, 1, 2, 2, 32, 1, torch.float16, "normal"),
+    (2, 63, 4, 2, 32, None, torch.float32, "normal"),
+    (2, 65, 4, 4, 64, None, torch.float16, "normal"),
+    (1, 257, 4, 1, 16, None, torch.float32, "normal"),
+    (1, 65, 2, 2, 128, 17, torch.float32, "normal"),
+    (2, 63, 4, 1, 48, 7, torch.float16, "ties"),
+    (1, 257, 2, 1, 64, 40, torch.float32, "ties"),
+    (1, 257, 2, 2, 32, 40, torch.float32, "rising"),
+    (1, 257, 2, 1, 32, 33, torch.float16, "falling"),
+    (1, 257, 4, 2, 16, 1, torch.float32, "normal"),
+    (1, 257, 2, 1, 32, 100, torch.float32, "normal"),
+    (1, 65, 2, 1, 32, 65, torch.float32, "ties"),  # window == t
+    (1, 63, 2, 1, 32, 500, torch.float16, "normal"),  # window > t
+]
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("b,t,h,hkv,d,w,dtype,bias_kind", CASES)
+def test_matches_brute_force(b, t, h, hkv, d, w, dtype, bias_kind):
+    run_case(b, t, h, hkv, d, w, dtype, bias_kind)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("w", [None, 9, 40])
+def test_varlen_equals_separate_sequences(w):
+    # sequences shorter than, equal to and longer than a block; one of length 1
+    run_case(1, 140, 4, 2, 32, w, torch.float32, "ties", cu=[0, 30, 31, 95, 140])
+
+
+@pytest.mark.interpret
+def test_varlen_matches_unpacked_kernel_output():
+    gen = torch.Generator().manual_seed(3)
+    lens = [37, 64, 5]
+    q = torch.randn(1, sum(lens), 2, 32, generator=gen)
+    k, v = torch.randn(2, 1, sum(lens), 1, 32, generator=gen)
+    bias = torch.randn(1, 1, sum(lens), generator=gen)
+    cu = torch.tensor([0, 37, 101, 106])
+    o, _ = triton_backend.forward(q, k, v, bias, cu, 20, 0.2)
+    for s0, s1 in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        o_s, _ = triton_backend.forward(q[:, s0:s1], k[:, s0:s1], v[:, s0:s1], bias[..., s0:s1], None, 20, 0.2)
+        assert_close(o[:, s0:s1], o_s, torch.float32, "varlen slice")
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("s,h,hkv,d,dtype", [(1, 2, 1, 16, torch.float32), (300, 4, 2, 64, torch.float16), (77, 8, 2, 128, torch.float32)])
+def test_decode_matches_brute_force(s, h, hkv, d, dtype):
+    gen = torch.Generator().manual_seed(1)
+    b = 2
+    q = torch.randn(b, 1, h, d, generator=gen).to(dtype)
+    kc, vc = torch.randn(2, b, s, hkv, d, generator=gen).to(dtype)
+    bc = torch.randn(b, hkv, s, generator=gen)
+    valid = torch.rand(b, hkv, s, generator=gen) > 0.3
+    valid[..., 0] = True
+    o = triton_backend.decode(q, kc, vc, bc, valid, d**-0.5)
+    g = h // hkv
+    logits = torch.einsum("bqhd,bshd->bhqs", q.double(), kc.double().repeat_interleave(g, 2)) * d**-0.5
+    logits = logits + bc.double().repeat_interleave(g, 1)[:, :, None]
+    logits = logits.masked_fill(~valid.repeat_interleave(g, 1)[:, :, None], float("-inf"))
+    ref = torch.einsum("bhqs,bshd->bqhd", logits.softmax(-1), vc.double().repeat_interleave(g, 2))
+    assert o.shape == q.shape and o.dtype == dtype
+    assert_close(o, ref, dtype, "decode")
+
+
+@pytest.mark.interpret
+def test_refuses_float64_with_reason():
+    x = torch.randn(1, 4, 1, 16, dtype=torch.float64)
+    with pytest.raises(Unsupported, match="float64"):
+        triton_backend.forward(x, x, x, torch.zeros(1, 1, 4), None, 0, 0.25)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t,w", [(1000, None), (1000, 100), (2100, 300), (777, 1)])
+def test_gpu_bf16_matches_brute_force(t, w):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    b, h, hkv, d = 2, 8, 4, 128
+    q = torch.randn(b, t, h, d, device="cuda", generator=gen).bfloat16()
+    k, v = torch.randn(2, b, t, hkv, d, device="cuda", generator=gen).bfloat16()
+    bias = (torch.randn(b, hkv, t, device="cuda", generator=gen) * 2).round()
+    do = torch.randn(b, t, h, d, device="cuda", generator=gen).bfloat16()
+    o, lse = triton_backend.forward(q, k, v, bias, None, w or 0, d**-0.5)
+    grads = triton_backend.backward(do, q, k, v, bias, o, lse, None, w or 0, d**-0.5)
+    leaves = [x.cpu().double().requires_grad_() for x in (q, k, v, bias)]
+    o_ref, _ = brute_force(*leaves, w, d**-0.5)
+    ref_grads = torch.autograd.grad(o_ref, leaves, do.cpu().double())
+    assert_close(o, o_ref, torch.bfloat16, "o")
+    for name, got, want in zip(("dq", "dk", "dv", "dbias"), grads, ref_grads):
+        if want.norm() == 0:
+            assert got.abs().max() <= REL_TOL[torch.bfloat16], name
+        else:
+            assert_close(got, want, torch.bfloat16, name, factor=2.0)
