@@ -1,0 +1,202 @@
+"""Triton backend of the SSD ops: ``forward``, ``backward``, ``step`` (the op bodies' argument
+lists and return tuples, see op.py) and ``warmup``. Inputs the kernels cannot take raise
+``Unsupported`` with the reason; the op body then runs the reference.
+
+No host syncs: sequence boundaries are read from ``cu_seqlens`` inside the kernels, and every
+branch here depends on shapes and dtypes only. The backward's kernels write dB~ and dC~ per
+head in fp32; summing heads into groups and applying RoPE's transpose (the inverse rotation)
+to them are the few elementwise torch ops at the end of ``backward``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from ..registry import INTERPRET, Unsupported, empty_like_none, launch
+from ..rope import rope_reference
+from .triton_bwd import _ssd_bwd_forward_sweep, _ssd_bwd_reverse_sweep
+from .triton_common import DOT_BF16, DOT_FP16, DOT_IEEE
+from .triton_fwd import _ssd_fwd_kernel
+from .triton_step import _ssd_step_kernel
+
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_P = 128  # the backward keeps p x n states and several chunk x p tiles in registers
+MAX_N = 256
+CHUNK_SIZES = (16, 32, 64, 128)  # tl.dot needs >= 16; a chunk x chunk fp32 tile must fit
+# Fewer (sequence, head) programs than this and the forward splits p into blocks to fill the GPU.
+MIN_PROGRAMS = 264
+
+
+def _check(x, dt, A, B, C, D, state, rope_cos, chunk_size: int | None) -> None:
+    """Raise Unsupported, in words, for what the kernels cannot take."""
+    if x.dtype not in KERNEL_DTYPES:
+        raise Unsupported(f"x: dtype {x.dtype} (the kernels take float16, bfloat16, float32)")
+    if A.dtype != torch.float32:
+        raise Unsupported(f"A: dtype {A.dtype} (the kernels take float32)")
+    if state is not None and state.dtype != torch.float32:
+        raise Unsupported(f"state: dtype {state.dtype} (the kernels keep float32 states)")
+    if D is not None and D.dtype == torch.float64:
+        raise Unsupported("D: dtype float64 (the kernels take float32 or x's dtype)")
+    if dt.dtype == torch.float64:
+        raise Unsupported("dt: dtype float64 (the kernels take float32 or x's dtype)")
+    if x.shape[-1] > MAX_P:
+        raise Unsupported(f"x: head dim p = {x.shape[-1]} > {MAX_P}")
+    if B.shape[-1] > MAX_N:
+        raise Unsupported(f"B: state size n = {B.shape[-1]} > {MAX_N}")
+    if chunk_size is not None and chunk_size not in CHUNK_SIZES:
+        raise Unsupported(f"chunk_size = {chunk_size} (the kernels take {CHUNK_SIZES})")
+
+
+def _dot(x: torch.Tensor) -> int:
+    if not x.is_cuda or x.dtype == torch.float32:
+        return DOT_IEEE
+    return DOT_BF16 if x.dtype == torch.bfloat16 else DOT_FP16
+
+
+def _blocks(p: int, n: int) -> tuple[int, int]:
+    return max(16, triton.next_power_of_2(p)), max(16, triton.next_power_of_2(n))
+
+
+def _rope(rope_cos, rope_sin, dummy):
+    if rope_cos is None:
+        return dummy, dummy, 0
+    return rope_cos.contiguous(), rope_sin.contiguous(), rope_cos.shape[-1]
+
+
+def _output(like: torch.Tensor, varlen: bool, dtype=None) -> torch.Tensor:
+    # With cu_seqlens only the tokens inside [0, cu_seqlens[-1]) are written; zero the rest.
+    make = torch.zeros_like if varlen else torch.empty_like
+    return make(like, dtype=dtype)
+
+
+def forward(x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin, chunk_size):
+    _check(x, dt, A, B, C, D, initial_state, rope_cos, chunk_size)
+    b, t, h, p = x.shape
+    g, n = B.shape[-2:]
+    seqs = b if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    x, dt, B, C = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous()
+    cos, sin, half = _rope(rope_cos, rope_sin, A)
+    block_p, block_n = _blocks(p, n)
+    while x.is_cuda and block_p > 16 and seqs * h * triton.cdiv(p, block_p) < MIN_PROGRAMS:
+        block_p //= 2
+    y = _output(x, cu_seqlens is not None)
+    final = x.new_empty(seqs, h, p, n, dtype=torch.float32)
+    grid = (seqs, h, triton.cdiv(p, block_p))
+    launch(_ssd_fwd_kernel)[grid](
+        x, dt, A, B, C, A if D is None else D,
+        A if initial_state is None else initial_state.contiguous(),
+        A if cu_seqlens is None else cu_seqlens, cos, sin,
+        y, final,
+        t, h, g, p, n, half,
+        HAS_D=D is not None, HAS_H0=initial_state is not None, HAS_CU=cu_seqlens is not None,
+        ROPE=half > 0, Q=chunk_size, BLOCK_P=block_p, BLOCK_N=block_n, DOT=_dot(x),
+    )
+    return y, final
+
+
+def _heads_to_groups(d_heads: torch.Tensor, like: torch.Tensor, cos, sin, rope: bool) -> torch.Tensor:
+    """dB~ per head (b*t, h, n) fp32 -> dB (b, t, g, n): sum each group's heads, rotate back."""
+    b, t, g, n = like.shape
+    d = d_heads.view(b, t, g, -1, n).sum(3)
+    if rope:  # the rotation is orthogonal: its transpose turns by -angle
+        d = rope_reference(d, cos, -sin)
+    return d.to(like.dtype)
+
+
+def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin,
+             chunk_size):
+    _check(x, dt, A, B, C, D, initial_state, rope_cos, chunk_size)
+    if dfinal_state is not None and dfinal_state.dtype != torch.float32:
+        raise Unsupported(f"dfinal_state: dtype {dfinal_state.dtype} (the kernels take float32)")
+    b, t, h, p = x.shape
+    g, n = B.shape[-2:]
+    seqs = b if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    varlen = cu_seqlens is not None
+    x, dt, B, C, dy = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous(), dy.contiguous()
+    cos, sin, half = _rope(rope_cos, rope_sin, A)
+    block_p, block_n = _blocks(p, n)
+    cu = A if cu_seqlens is None else cu_seqlens
+    dfinal = A if dfinal_state is None else dfinal_state.contiguous()
+    common = dict(ROPE=half > 0, Q=chunk_size, BLOCK_P=block_p, BLOCK_N=block_n, DOT=_dot(x))
+    grid = (seqs, h)
+
+    dC_heads = x.new_zeros(b * t, h, n, dtype=torch.float32) if varlen else \
+        x.new_empty(b * t, h, n, dtype=torch.float32)
+    c_dc = x.new_empty(b * t, h, dtype=torch.float32)  # C~_t . dC~_t
+    d_final = x.new_empty(seqs, h, dtype=torch.float32)  # <dfinal, final>
+    launch(_ssd_bwd_forward_sweep)[grid](
+        dy, dfinal, x, dt, A, B, C, A if initial_state is None else initial_state.contiguous(),
+        cu, cos, sin,
+        dC_heads, c_dc, d_final,
+        t, h, g, p, n, half,
+        HAS_DFINAL=dfinal_state is not None, HAS_H0=initial_state is not None, HAS_CU=varlen,
+        **common,
+    )
+
+    dx = _output(x, varlen)
+    ddt = _output(dt, varlen)
+    dB_heads = torch.zeros_like(dC_heads) if varlen else torch.empty_like(dC_heads)
+    dA_part = x.new_empty(seqs, h, dtype=torch.float32)
+    dD_part = x.new_empty(seqs, h, dtype=torch.float32)
+    dh0 = x.new_empty(seqs, h, p, n, dtype=torch.float32)
+    launch(_ssd_bwd_reverse_sweep)[grid](
+        dy, dfinal, x, dt, A, B, C, A if D is None else D, cu, cos, sin,
+        c_dc, d_final,
+        dx, ddt, dB_heads, dA_part, dD_part, dh0,
+        t, h, g, p, n, half,
+        HAS_DFINAL=dfinal_state is not None, HAS_D=D is not None, HAS_CU=varlen,
+        **common,
+    )
+
+    dB = _heads_to_groups(dB_heads, B, cos, sin, half > 0)
+    dC = _heads_to_groups(dC_heads, C, cos, sin, half > 0)
+    dA = dA_part.sum(0).to(A.dtype)
+    dD = empty_like_none(x) if D is None else dD_part.sum(0).to(D.dtype)
+    d_initial = empty_like_none(x) if initial_state is None else dh0
+    return dx, ddt, dA, dB, dC, dD, d_initial
+
+
+def step(state, x, dt, A, B, C, D, rope_cos, rope_sin):
+    _check(x, dt, A, B, C, D, state, rope_cos, None)
+    b, h, p = x.shape
+    g, n = B.shape[-2:]
+    x, dt, B, C, state = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous(), state.contiguous()
+    cos, sin, half = _rope(rope_cos, rope_sin, A)
+    block_p, block_n = _blocks(p, n)
+    block_p = min(block_p, 32)  # more programs: a decode step is a pure read-and-write of states
+    y = torch.empty_like(x)
+    new = torch.empty_like(state)
+    launch(_ssd_step_kernel)[(b, h, triton.cdiv(p, block_p))](
+        state, x, dt, A, B, C, A if D is None else D, cos, sin,
+        y, new,
+        h, g, p, n, half,
+        HAS_D=D is not None, ROPE=half > 0, BLOCK_P=block_p, BLOCK_N=block_n,
+    )
+    return y, new
+
+
+def warmup(heads: int, groups: int, p: int, n: int, *, dtype=torch.bfloat16, chunk_size: int = 64,
+           rope_dim: int = 0, batch: int = 1, seqlen: int = 2048, device: str = "cuda") -> None:
+    """Compile and tune the forward and backward kernels for one configuration.
+
+    The autotune key holds the head / state sizes, chunk size, dtype and RoPE, never the
+    sequence length, so after this no new length pays for tuning. Tuning times the candidate
+    configs on ``batch`` x ``seqlen``: pass a length like the training one.
+    """
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, device=device)
+
+    x = rand(batch, seqlen, heads, p).to(dtype)
+    dt = torch.rand(batch, seqlen, heads, generator=gen, device=device) * 0.1
+    A = -torch.rand(heads, generator=gen, device=device)
+    B, C = rand(batch, seqlen, groups, n).to(dtype), rand(batch, seqlen, groups, n).to(dtype)
+    cos = sin = None
+    if rope_dim:
+        angle = rand(batch, seqlen, rope_dim // 2)
+        cos, sin = angle.cos(), angle.sin()
+    y, final = forward(x, dt, A, B, C, None, None, None, cos, sin, chunk_size)
+    backward(torch.ones_like(y), torch.ones_like(final), x, dt, A, B, C, None, None, None, cos, sin,
+             chunk_size)
