@@ -1,0 +1,129 @@
+"""The DMAttn ops as torch.library ops: dispatch, fakes, autograd, and the checked public entry.
+
+``wmzoo::dmattn_fwd`` and ``wmzoo::dmattn_bwd`` are each their own registered op, so
+torch.compile sees opaque ops (or, on CUDA, traceable triton_op bodies) in both directions.
+Bodies run the Triton backend when ``use_triton`` says so and the backend accepts the input
+(else ``Unsupported`` sends them to the reference). The reference backward is written out in
+reference.py (``registry.reference_vjp`` would record nothing inside an op body, which runs
+below the autograd dispatch keys).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..checks import FLOAT_DTYPES, check_cu_seqlens, check_divides, check_positive, check_tensor
+from ..registry import Unsupported, register_op, use_triton
+from .reference import dmattn_reference, dmattn_reference_backward
+
+try:  # the Triton backend is optional: without triton the reference serves every device
+    from . import triton_backend
+except ImportError:
+    triton_backend = None
+
+
+def _window(keep_window: int) -> int | None:
+    """The ops take 0 for "no window" (schemas have no Optional[int] default worth the noise)."""
+    return keep_window if keep_window > 0 else None
+
+
+def _reference_fwd(q, k, v, bias, cu_seqlens, keep_window, scale):
+    return dmattn_reference(q, k, v, bias, keep_window=_window(keep_window), scale=scale,
+                            cu_seqlens=cu_seqlens)
+
+
+def _fwd_body(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor, cu_seqlens: Optional[Tensor],
+    keep_window: int, scale: float,
+) -> tuple[Tensor, Tensor]:
+    if triton_backend is not None and use_triton(q, k, v, bias, cu_seqlens):
+        try:
+            return triton_backend.forward(q, k, v, bias, cu_seqlens, keep_window, scale)
+        except Unsupported:
+            pass
+    return _reference_fwd(q, k, v, bias, cu_seqlens, keep_window, scale)
+
+
+def _fwd_fake(q, k, v, bias, cu_seqlens, keep_window, scale):
+    b, t, h, d = q.shape
+    return q.new_empty(b, t, h, d), q.new_empty(b, h, t, dtype=torch.float32)
+
+
+_fwd_op = register_op("dmattn_fwd", _fwd_body, fake=_fwd_fake)
+
+
+def _bwd_body(
+    do: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, o: Tensor, lse: Tensor,
+    cu_seqlens: Optional[Tensor], keep_window: int, scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if triton_backend is not None and use_triton(do, q, k, v, bias, cu_seqlens):
+        try:
+            return triton_backend.backward(do, q, k, v, bias, o, lse, cu_seqlens, keep_window, scale)
+        except Unsupported:
+            pass
+    return dmattn_reference_backward(do, q, k, v, bias, keep_window=_window(keep_window),
+                                     scale=scale, cu_seqlens=cu_seqlens)
+
+
+def _bwd_fake(do, q, k, v, bias, o, lse, cu_seqlens, keep_window, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(bias)
+
+
+_bwd_op = register_op("dmattn_bwd", _bwd_body, fake=_bwd_fake)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, bias, cu_seqlens, keep_window, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, bias, o, lse, cu_seqlens)
+    ctx.keep_window, ctx.scale = keep_window, scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, bias, o, lse, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv, dbias = _bwd_op(do.contiguous(), q, k, v, bias, o, lse, cu_seqlens,
+                                ctx.keep_window, ctx.scale)
+    return dq, dk, dv, dbias, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+dmattn_fwd = _fwd_op
+dmattn_bwd = _bwd_op
+
+
+def dmattn(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor, *,
+    keep_window: int | None = None, scale: float | None = None, cu_seqlens: Tensor | None = None,
+) -> Tensor:
+    """Dynamic Mask Attention: causal attention with a per-key bias and an optional top-w window.
+
+    q (b, t, h, d); k, v (b, t, hkv, d), hkv divides h; bias (b, hkv, t), added to every
+    query's logit for that key. keep_window w: query i keeps only the w keys j <= i of highest
+    rank (bias desc, ties to the more recent key); None keeps every causal key. scale defaults
+    to d**-0.5. cu_seqlens (num_seqs + 1,) packs sequences into b == 1 with no attention across
+    boundaries. Returns o (b, t, h, d) in q's dtype; gradients reach q, k, v and bias.
+    """
+    check_tensor("q", q, ndim=4, dtypes=FLOAT_DTYPES)
+    b, t, h, d = q.shape
+    check_tensor("k", k, shape=(b, t, None, d), dtypes=(q.dtype,), device=q.device)
+    hkv = k.shape[2]
+    check_divides("k heads (hkv)", hkv, "q heads (h)", h)
+    check_tensor("v", v, shape=(b, t, hkv, d), dtypes=(q.dtype,), device=q.device)
+    check_tensor("bias", bias, shape=(b, hkv, t), dtypes=FLOAT_DTYPES, device=q.device)
+    if keep_window is not None:
+        if isinstance(keep_window, bool) or not isinstance(keep_window, int):
+            raise TypeError(f"keep_window: expected an int >= 1 or None, got {keep_window!r}")
+        check_positive("keep_window", keep_window)
+    if scale is None:
+        scale = d**-0.5
+    elif not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0):
+        raise ValueError(f"scale: expected a number > 0, got {scale!r}")
+    check_cu_seqlens(cu_seqlens, b, t, q.device)
+    o, _ = _fwd_op(q.contiguous(), k.contiguous(), v.contiguous(), bias.contiguous(), cu_seqlens,
+                   keep_window or 0, float(scale))
+    return o
