@@ -19,17 +19,37 @@ def brute_force_topk(query, sub_keys, k):
     return full.gather(-1, ids).softmax(-1), ids
 
 
+def scores_at(query, sub_keys, ids):
+    """Float64 softmax over the full scores of the given expert ids (n, He, k), and the
+    float64 top-k scores: to check a retrieval whose ids may swap at near-ties."""
+    q, keys = query.double(), sub_keys.double()
+    S, half = keys.shape[2], q.shape[-1] // 2
+    s1 = torch.einsum("nhr,hsr->nhs", q[..., :half], keys[:, 0])
+    s2 = torch.einsum("nhr,hsr->nhs", q[..., half:], keys[:, 1])
+    kept = s1.gather(-1, ids // S) + s2.gather(-1, ids % S)
+    best = (s1[..., :, None] + s2[..., None, :]).flatten(-2).topk(ids.shape[-1], dim=-1).values
+    return kept.softmax(-1), kept, best
+
+
 def loop_experts(x, indices, weights, down, up):
     """out[t] = sum_j silu(x[t] . down[e]) * w[t, j] * up[e], e = indices[t, j], in float64."""
     x, weights, down, up = x.double(), weights.double(), down.double(), up.double()
     rows = []
     for t in range(x.shape[0]):
-        acc = torch.zeros(x.shape[1], dtype=torch.float64)
+        acc = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
         for j in range(indices.shape[1]):
             e = int(indices[t, j])
             acc = acc + F.silu(x[t] @ down[e]) * weights[t, j] * up[e]
         rows.append(acc)
     return torch.stack(rows)
+
+
+def gathered_experts(x, indices, weights, down, up):
+    """The same mixture vectorised in float64 (gathered rows), for GPU-sized tests where the
+    loop is too slow; the loop checks it on the small sizes."""
+    x, weights, down, up = x.double(), weights.double(), down.double(), up.double()
+    act = F.silu(torch.einsum("nd,nkd->nk", x, down[indices])) * weights
+    return torch.einsum("nk,nkd->nd", act, up[indices])
 
 
 def grads(fn, inputs, grad_out):

@@ -17,7 +17,10 @@ from torch import Tensor
 
 from ..registry import Unsupported, launch
 
-TILE = 4096  # elements of one gathered (tokens, experts, d) tile
+# Tile of one gathered (tokens, experts, d) block and warps per program; benchmarks/
+# bench_cdmoe.py sweeps both at the shape.
+TILE = 4096
+NUM_WARPS = 4
 MAX_D = 16384
 
 
@@ -142,7 +145,7 @@ def cdmoe_experts_triton(x: Tensor, indices: Tensor, weights: Tensor, down: Tens
     bt, bj, bd = _blocks(d, k)
     out = torch.empty_like(x)
     launch(_experts_fwd_kernel)[(triton.cdiv(n, bt),)](
-        x, indices, weights, down, up, out, n, d, k, BLOCK_T=bt, BLOCK_J=bj, BLOCK_D=bd, num_warps=4
+        x, indices, weights, down, up, out, n, d, k, BLOCK_T=bt, BLOCK_J=bj, BLOCK_D=bd, num_warps=NUM_WARPS
     )
     return out
 
@@ -162,7 +165,7 @@ def cdmoe_experts_backward_triton(
         d_up = torch.zeros(up.shape, dtype=torch.float32, device=x.device)
         launch(_experts_bwd_kernel)[grid](
             grad, x, indices, weights, down, up, dx, dw, dx, dx, d_down, d_up, n, d, k,
-            ATOMIC=True, BLOCK_T=bt, BLOCK_J=bj, BLOCK_D=bd, num_warps=4,
+            ATOMIC=True, BLOCK_T=bt, BLOCK_J=bj, BLOCK_D=bd, num_warps=NUM_WARPS,
         )
         return dx, dw, d_down.to(down.dtype), d_up.to(up.dtype)
     dh = torch.empty(n, k, dtype=torch.float32, device=x.device)
@@ -170,7 +173,7 @@ def cdmoe_experts_backward_triton(
     d_down, d_up = torch.empty_like(down), torch.empty_like(up)
     launch(_experts_bwd_kernel)[grid](
         grad, x, indices, weights, down, up, dx, dw, dh, aw, d_down, d_up, n, d, k,
-        ATOMIC=False, BLOCK_T=bt, BLOCK_J=bj, BLOCK_D=bd, num_warps=4,
+        ATOMIC=False, BLOCK_T=bt, BLOCK_J=bj, BLOCK_D=bd, num_warps=NUM_WARPS,
     )
     # pairs (token, slot) grouped by expert, each group in pair order: a fixed summation order
     sorted_ids, order = torch.sort(indices.reshape(-1), stable=True)
