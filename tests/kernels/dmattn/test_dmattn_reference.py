@@ -27,35 +27,29 @@ def kept_keys(bias_row: list[float], start: int, i: int, w: int | None) -> list[
 
 
 def brute_force(q, k, v, bias, w=None, scale=None, cu_seqlens=None):
-    """float64 o (b, t, h, d) and lse (b, h, t), one query at a time with an explicit kept set."""
+    """float64 o (b, t, h, d) and lse (b, h, t): the kept set of every query built one query at
+    a time with Python sorting, then a masked softmax over exactly those keys."""
     b, t, h, d = q.shape
     hkv = k.shape[2]
-    g = h // hkv
     scale = d**-0.5 if scale is None else scale
     q, k, v, bias = q.double(), k.double(), v.double(), bias.double()
     starts = [0] * t
     if cu_seqlens is not None:
         bounds = [int(x) for x in cu_seqlens]
         for s, e in zip(bounds[:-1], bounds[1:]):
-            for i in range(s, e):
-                starts[i] = s
-    o_rows, lse_rows = [], []
+            starts[s:e] = [s] * (e - s)
+    keep = torch.zeros(b, hkv, t, t, dtype=torch.bool)
     for bi in range(b):
-        o_b, lse_b = [], []
-        for i in range(t):
-            o_heads, lse_heads = [], []
-            for n in range(hkv):
-                keys = kept_keys(bias[bi, n].tolist(), starts[i], i, w)
-                idx = torch.tensor(keys)
-                qi = q[bi, i, n * g : (n + 1) * g]  # (g, d)
-                s = qi @ k[bi, idx, n].T * scale + bias[bi, n, idx]  # (g, |kept|)
-                o_heads.append(torch.softmax(s, -1) @ v[bi, idx, n])
-                lse_heads.append(torch.logsumexp(s, -1))
-            o_b.append(torch.cat(o_heads))
-            lse_b.append(torch.cat(lse_heads))
-        o_rows.append(torch.stack(o_b))
-        lse_rows.append(torch.stack(lse_b, dim=1))
-    return torch.stack(o_rows), torch.stack(lse_rows)
+        for n in range(hkv):
+            row = bias[bi, n].tolist()
+            for i in range(t):
+                keep[bi, n, i, kept_keys(row, starts[i], i, w)] = True
+    g = h // hkv
+    keep = keep.repeat_interleave(g, dim=1)  # query head m reads kv head m // g
+    kh, vh = k.repeat_interleave(g, dim=2), v.repeat_interleave(g, dim=2)
+    s = torch.einsum("bihd,bjhd->bhij", q, kh) * scale + bias.repeat_interleave(g, dim=1)[:, :, None, :]
+    s = s.masked_fill(~keep, float("-inf"))
+    return torch.einsum("bhij,bjhd->bihd", torch.softmax(s, -1), vh), torch.logsumexp(s, -1)
 
 
 def make(b, t, h, hkv, d, dtype=torch.float64, ties=False, seed=0, bias_scale=2.0):
