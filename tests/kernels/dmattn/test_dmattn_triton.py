@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import REL_TOL, assert_close
-from wmzoo.kernels.dmattn import triton_backend
+from wmzoo.kernels.dmattn import DMAttnCache, dmattn, dmattn_bwd, dmattn_fwd, triton_backend
 from wmzoo.kernels.registry import Unsupported
 
 
@@ -148,6 +148,75 @@ def test_refuses_float64_with_reason():
     x = torch.randn(1, 4, 1, 16, dtype=torch.float64)
     with pytest.raises(Unsupported, match="float64"):
         triton_backend.forward(x, x, x, torch.zeros(1, 1, 4), None, 0, 0.25)
+
+
+def small_inputs(t, seed, dtype=torch.float32, h=4, hkv=2, d=16):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, t, h, d, generator=gen).to(dtype)
+    k, v = torch.randn(2, 1, t, hkv, d, generator=gen).to(dtype)
+    bias = torch.randint(-2, 2, (1, hkv, t), generator=gen).float()
+    return [q, k, v, bias]
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("w", [None, 5])
+def test_public_op_autograd_through_triton(w):
+    # the grad of .sum() arrives with stride 0: the op must make it contiguous
+    inputs = [x.requires_grad_() for x in small_inputs(70, seed=5)]
+    out = dmattn(*inputs, keep_window=w)
+    grads = torch.autograd.grad(out.sum(), inputs)
+    leaves = [x.detach().double().requires_grad_() for x in inputs]
+    ref, _ = brute_force(*leaves, w, 16**-0.5)
+    ref_grads = torch.autograd.grad(ref.sum(), leaves)
+    assert_close(out, ref, torch.float32, "o")
+    for name, g, r in zip(("dq", "dk", "dv", "dbias"), grads, ref_grads):
+        assert_close(g, r, torch.float32, name, factor=2.0)
+
+
+@pytest.mark.interpret
+def test_opcheck_on_triton_path():
+    q, k, v, bias = small_inputs(21, seed=23)
+    for cu, w in ((None, 5), (None, 0), (torch.tensor([0, 8, 21], dtype=torch.int32), 3)):
+        args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), bias.requires_grad_(), cu, w, 0.25)
+        torch.library.opcheck(dmattn_fwd, args)
+        o, lse = dmattn_fwd(*(x.detach() if isinstance(x, torch.Tensor) else x for x in args))
+        do = torch.randn_like(o)
+        torch.library.opcheck(dmattn_bwd, (do, q.detach(), k.detach(), v.detach(), bias.detach(), o, lse, cu, w, 0.25))
+
+
+@pytest.mark.interpret
+def test_compile_fullgraph_dynamic_on_triton_path():
+    torch._dynamo.reset()
+
+    def fn(q, k, v, bias, cu):
+        return dmattn(q, k, v, bias, keep_window=6, cu_seqlens=cu).square().sum()
+
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True)
+    for t in (19, 40):  # the second length reuses the dynamic graph
+        inputs = [x.requires_grad_() for x in small_inputs(t, seed=t)]
+        cu = torch.tensor([0, t // 3, t], dtype=torch.int32)
+        out = compiled(*inputs, cu)
+        grads = torch.autograd.grad(out, inputs)
+        leaves = [x.detach().double().requires_grad_() for x in inputs]
+        ref, _ = brute_force(*leaves, 6, 16**-0.5, cu.tolist())
+        ref_grads = torch.autograd.grad(ref.square().sum(), leaves)
+        assert_close(out, ref.square().sum(), torch.float32, "compiled output")
+        for name, g, r in zip(("dq", "dk", "dv", "dbias"), grads, ref_grads):
+            assert_close(g, r, torch.float32, f"compiled {name}", factor=2.0)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("w", [3, None])
+def test_cache_attend_through_triton_decode_matches_brute_force_rows(w):
+    t, h, hkv, d = 40, 4, 2, 16
+    q, k, v, bias = small_inputs(t, seed=8, h=h, hkv=hkv, d=d)
+    ref, _ = brute_force(q, k, v, bias, w, d**-0.5)
+    cache = DMAttnCache.empty(1, hkv, d, keep_window=w, dtype=torch.float32, device="cpu")
+    for i in range(t):
+        cache.update(k[:, i : i + 1], v[:, i : i + 1], bias[..., i : i + 1])
+        assert_close(cache.attend(q[:, i : i + 1]), ref[:, i : i + 1], torch.float32, f"row {i}")
+    if w is not None:
+        assert cache.slots <= w
 
 
 @pytest.mark.gpu

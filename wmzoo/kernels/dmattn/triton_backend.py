@@ -14,9 +14,16 @@ import torch
 import triton
 
 from ..registry import INTERPRET, Unsupported, launch
-from .triton_bwd import _bwd_kv_kernel, _bwd_q_kernel
+from .triton_bwd import (
+    BWD_Q_WINDOW_CONFIG,
+    KV_VARLEN_BLOCK_N,
+    _bwd_q_kernel,
+    bwd_kv_kernel,
+    bwd_kv_kernel_varlen,
+    bwd_q_kernel,
+)
 from .triton_decode import _decode_kernel
-from .triton_fwd import _fwd_kernel
+from .triton_fwd import fwd_kernel
 from .triton_layout import block_layout
 from .triton_select import select_window
 
@@ -46,17 +53,21 @@ def _window(keep_window: int, t: int) -> int:
     return 0 if keep_window <= 0 or keep_window >= t else keep_window
 
 
-def _config(d: int, on_gpu: bool, backward: bool) -> dict:
-    if not on_gpu:  # the interpreter: fewer, larger programs run faster; still several per test size
-        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
-    if backward:
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=8 if d > 64 else 4, num_stages=2)
-    return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8 if d > 64 else 4, num_stages=3 if d <= 128 else 2)
+# Query-block size: the window lists, the thresholds' layout and every query-major kernel share
+# it. The interpreter runs fewer, larger programs faster, and 32 still gives several blocks at
+# the test sizes; on the GPU 128 queries per block amortize each gathered key over more rows.
+BLOCK_M = 32 if INTERPRET else 128
 
 
 def _flags(q: torch.Tensor, d: int) -> dict:
     return dict(BLOCK_D=max(16, triton.next_power_of_2(d)), UPCAST=INTERPRET and not q.is_cuda,
                 IEEE=q.dtype == torch.float32)
+
+
+def _window_lists(bias, w, layout):
+    if w:
+        return select_window(bias, w, BLOCK_M, layout)
+    return layout.blk_info, layout.blk_info, layout.blk_info  # placeholders, never read
 
 
 def forward(q, k, v, bias, cu_seqlens, keep_window: int, scale: float):
@@ -65,22 +76,18 @@ def forward(q, k, v, bias, cu_seqlens, keep_window: int, scale: float):
     b, t, h, d = q.shape
     hkv = k.shape[2]
     w = _window(keep_window, t)
-    cfg = _config(d, q.is_cuda, backward=False)
-    layout = block_layout(t, cu_seqlens, cfg["BLOCK_M"], q.device)
+    layout = block_layout(t, cu_seqlens, BLOCK_M, q.device)
     o = torch.empty_like(q)
     lse = torch.empty((b, h, t), dtype=torch.float32, device=q.device)
-    if w:
-        kept, theta = select_window(bias, w, cfg["BLOCK_M"], layout)
-    else:
-        kept = theta = layout.blk_info  # unused placeholders
-    launch(_fwd_kernel)[(layout.n_blocks, b * h)](
-        q, k, v, bias, o, lse, layout.blk_info, kept, theta,
+    kept, kept_bias, theta = _window_lists(bias, w, layout)
+    launch(fwd_kernel)[(layout.n_blocks, b * h)](
+        q, k, v, bias, o, lse, layout.blk_info, kept, kept_bias, theta,
         scale, t, d, h, h // hkv, max(w, 1), layout.n_blocks,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         bias.stride(0), bias.stride(1), lse.stride(0), lse.stride(1),
         kept.stride(0) if w else 0, kept.stride(1) if w else 0,
         theta.stride(0) if w else 0, theta.stride(1) if w else 0,
-        VARLEN=layout.varlen, WINDOW=bool(w), **_flags(q, d), **cfg,
+        VARLEN=layout.varlen, WINDOW=bool(w), BLOCK_M=BLOCK_M, **_flags(q, d),
     )
     return o, lse
 
@@ -94,43 +101,45 @@ def backward(do, q, k, v, bias, o, lse, cu_seqlens, keep_window: int, scale: flo
     hkv = k.shape[2]
     g = h // hkv
     w = _window(keep_window, t)
-    cfg = _config(d, q.is_cuda, backward=True)
     flags = _flags(q, d)
     delta = (o.float() * do.float()).sum(-1).transpose(1, 2).contiguous()  # (b, h, t)
-    layout = block_layout(t, cu_seqlens, cfg["BLOCK_M"], q.device)
+    layout = block_layout(t, cu_seqlens, BLOCK_M, q.device)
     dq = torch.empty_like(q)
-    if w:
-        kept, theta = select_window(bias_c, w, cfg["BLOCK_M"], layout)
+    kept, kept_bias, theta = _window_lists(bias_c, w, layout)
+    if w:  # accumulated with atomics by the query-major kernel
         dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
         dbias = torch.zeros(bias_c.shape, dtype=torch.float32, device=bias.device)
     else:
-        kept = theta = layout.blk_info
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         dbias = torch.empty(bias_c.shape, dtype=bias.dtype, device=bias.device)
-    launch(_bwd_q_kernel)[(layout.n_blocks, b * h)](
+    q_kernel, q_cfg = (_bwd_q_kernel, BWD_Q_WINDOW_CONFIG) if w else (bwd_q_kernel, {})
+    launch(q_kernel)[(layout.n_blocks, b * h)](
         q, k, v, bias_c, do, lse, delta, dq, dk, dv, dbias,
-        layout.blk_info, kept, theta,
+        layout.blk_info, kept, kept_bias, theta,
         scale, t, d, h, g, max(w, 1), layout.n_blocks,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
         *dk.stride()[:3], *dv.stride()[:3], dbias.stride(0), dbias.stride(1),
         bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1),
         kept.stride(0) if w else 0, kept.stride(1) if w else 0,
         theta.stride(0) if w else 0, theta.stride(1) if w else 0,
-        VARLEN=layout.varlen, WINDOW=bool(w), **flags, **cfg,
+        VARLEN=layout.varlen, WINDOW=bool(w), BLOCK_M=BLOCK_M, **flags, **q_cfg,
     )
     if w:
         return dq, dk.to(k.dtype), dv.to(v.dtype), dbias.to(bias.dtype)
-    kv_layout = block_layout(t, cu_seqlens, cfg["BLOCK_N"], q.device)
-    launch(_bwd_kv_kernel)[(kv_layout.n_blocks, b * hkv)](
-        q, k, v, bias_c, do, lse, delta, dk, dv, dbias, kv_layout.blk_info,
-        scale, t, d, hkv, g, kv_layout.n_blocks,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
-        *dk.stride()[:3], *dv.stride()[:3], dbias.stride(0), dbias.stride(1),
-        bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1),
-        VARLEN=kv_layout.varlen, BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], **flags,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
+    args = (q, k, v, bias_c, do, lse, delta, dk, dv, dbias)
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
+               *dk.stride()[:3], *dv.stride()[:3], dbias.stride(0), dbias.stride(1),
+               bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1))
+    if cu_seqlens is None:
+        n_blk = lambda meta: triton.cdiv(t, meta["BLOCK_N"])  # noqa: E731
+        launch(bwd_kv_kernel)[lambda meta: (n_blk(meta), b * hkv)](
+            *args, layout.blk_info, scale, t, d, hkv, g, 0, *strides, VARLEN=False, **flags)
+    else:
+        kv_layout = block_layout(t, cu_seqlens, KV_VARLEN_BLOCK_N, q.device)
+        launch(bwd_kv_kernel_varlen)[(kv_layout.n_blocks, b * hkv)](
+            *args, kv_layout.blk_info, scale, t, d, hkv, g, kv_layout.n_blocks, *strides,
+            VARLEN=True, BLOCK_N=KV_VARLEN_BLOCK_N, **flags)
     return dq, dk, dv, dbias
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_fwd import block_bounds, load_rows
+from ..registry import INTERPRET
+from .triton_fwd import _tuned, block_bounds, load_rows
 from .triton_select import ranks_above
 
 
@@ -30,12 +31,11 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, b_ptr, kj, col_ok, mask,
+def _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
                 dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
                 ATOMIC: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
     k = load_rows(k_ptr, kj, col_ok, s_kt, offs_d, D, UPCAST)
     v = load_rows(v_ptr, kj, col_ok, s_vt, offs_d, D, UPCAST)
-    bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
     s = _dot(q, tl.trans(k), IEEE) * qk_scale + bj[None, :] * 1.4426950408889634
     p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
     dp = _dot(do, tl.trans(v), IEEE)
@@ -54,7 +54,7 @@ def _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, b_ptr, kj, col_ok, mask,
 @triton.jit
 def _bwd_q_kernel(
     q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr, db_ptr,
-    info_ptr, kept_ptr, theta_ptr,
+    info_ptr, kept_ptr, keptb_ptr, theta_ptr,
     sm_scale, T, D, H, G, W, N_BLK,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_dob, s_dot, s_doh, s_dqb, s_dqt, s_dqh,
     s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_dbb, s_dbh,
@@ -92,22 +92,24 @@ def _bwd_q_kernel(
         th_idx = tl.load(theta_ptr + bi64 * s_thb + hk * s_thh + offs_m, mask=row_ok, other=-1)
         th_b = tl.load(b_ptr + th_idx, mask=th_idx >= 0, other=float("-inf")).to(tl.float32)
         kept_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
+        keptb_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
         # the list is packed at the front: min(w, keys before the block) entries
         for n0 in range(0, tl.minimum(W, i0 - start), BLOCK_N):
             slot = n0 + offs_n
             kj = tl.load(kept_ptr + slot, mask=slot < W, other=-1)
             col_ok = kj >= 0
-            bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
+            bj = tl.load(keptb_ptr + slot, mask=col_ok, other=0.0)
             keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
             mask = keep & col_ok[None, :] & row_ok[:, None]
-            dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, b_ptr, kj, col_ok, mask,
+            dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
                              dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
                              True, UPCAST, IEEE)
     else:
         for n0 in range(start, i0, BLOCK_N):
             kj = n0 + offs_n
             col_ok = kj < i0
-            dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, b_ptr, kj, col_ok,
+            bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
+            dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok,
                              col_ok[None, :] & row_ok[:, None],
                              dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
                              False, UPCAST, IEEE)
@@ -116,11 +118,11 @@ def _bwd_q_kernel(
         kj = n0 + offs_n
         col_ok = kj < hi
         mask = col_ok[None, :] & (kj[None, :] <= offs_m[:, None]) & row_ok[:, None]
+        bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
         if WINDOW:
-            bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
             keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
             mask = mask & keep
-        dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, b_ptr, kj, col_ok, mask,
+        dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
                          dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
                          WINDOW, UPCAST, IEEE)
     tl.store(dq_ptr + offs_m[:, None].to(tl.int64) * s_dqt + offs_d[None, :], (dq * sm_scale).to(dq_ptr.dtype.element_ty),
@@ -181,3 +183,20 @@ def _bwd_kv_kernel(
     tl.store(dk_ptr + bi64 * s_dkb + hk * s_dkh + rows * s_dkt + offs_d[None, :], (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=d_ok)
     tl.store(dv_ptr + bi64 * s_dvb + hk * s_dvh + rows * s_dvt + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=d_ok)
     tl.store(db_ptr + bi64 * s_dbb + hk * s_dbh + offs_n, db.to(db_ptr.dtype.element_ty), mask=col_ok)
+
+
+_KV_CONFIGS = [(32, 32, 4, 1)] if INTERPRET else [
+    (64, 64, 8, 2), (128, 64, 8, 2), (128, 32, 8, 3), (64, 32, 4, 3), (128, 32, 4, 3)]
+# dense batches: the key block is tuned too (the grid follows it); varlen: its block tables
+# are built for 64-key blocks, so only the query tile is tuned
+bwd_kv_kernel = triton.autotune(
+    [triton.Config({"BLOCK_N": n, "BLOCK_M": m}, num_warps=w, num_stages=s) for n, m, w, s in _KV_CONFIGS],
+    key=["D", "G", "VARLEN"])(_bwd_kv_kernel)
+bwd_kv_kernel_varlen = triton.autotune(
+    [triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=s) for n, m, w, s in _KV_CONFIGS if n == _KV_CONFIGS[0][0]],
+    key=["D", "G", "VARLEN"])(_bwd_kv_kernel)
+KV_VARLEN_BLOCK_N = _KV_CONFIGS[0][0]
+# dq without a window; with one, the kernel adds dk, dv, dbias with atomics and must run once
+bwd_q_kernel = _tuned(_bwd_q_kernel, [(32, 4, 1)] if INTERPRET else [(32, 4, 3), (64, 8, 2), (32, 8, 3), (64, 4, 2)],
+                      key=["D", "G", "VARLEN", "BLOCK_M"])
+BWD_Q_WINDOW_CONFIG = dict(BLOCK_N=32, num_warps=4, num_stages=1) if INTERPRET else dict(BLOCK_N=64, num_warps=8, num_stages=2)

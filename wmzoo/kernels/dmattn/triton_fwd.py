@@ -16,6 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..registry import INTERPRET
 from .triton_select import ranks_above
 
 LOG2E = 1.4426950408889634
@@ -46,10 +47,9 @@ def load_rows(ptr, rows, row_ok, stride_t, offs_d, D, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, b_ptr, kj, col_ok, mask, s_kt, s_vt, offs_d, D, qk_scale,
+def _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, col_ok, mask, s_kt, s_vt, offs_d, D, qk_scale,
               UPCAST: tl.constexpr, IEEE: tl.constexpr):
     k = load_rows(k_ptr, kj, col_ok, s_kt, offs_d, D, UPCAST)
-    bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
     if IEEE:
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
     else:
@@ -71,7 +71,7 @@ def _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, b_ptr, kj, col_ok, mask, s_kt, s_v
 
 @triton.jit
 def _fwd_kernel(
-    q_ptr, k_ptr, v_ptr, b_ptr, o_ptr, lse_ptr, info_ptr, kept_ptr, theta_ptr,
+    q_ptr, k_ptr, v_ptr, b_ptr, o_ptr, lse_ptr, info_ptr, kept_ptr, keptb_ptr, theta_ptr,
     sm_scale, T, D, H, G, W, N_BLK,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh,
     s_bb, s_bh, s_lb, s_lh, s_keb, s_keh, s_thb, s_thh,
@@ -103,31 +103,33 @@ def _fwd_kernel(
         th_idx = tl.load(theta_ptr + bi64 * s_thb + hk * s_thh + offs_m, mask=row_ok, other=-1)
         th_b = tl.load(b_ptr + th_idx, mask=th_idx >= 0, other=float("-inf")).to(tl.float32)
         kept_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
+        keptb_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
         # the list is packed at the front: min(w, keys before the block) entries
         for n0 in range(0, tl.minimum(W, i0 - start), BLOCK_N):
             slot = n0 + offs_n
             kj = tl.load(kept_ptr + slot, mask=slot < W, other=-1)
             col_ok = kj >= 0
-            bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
+            bj = tl.load(keptb_ptr + slot, mask=col_ok, other=0.0)
             keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
-            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, b_ptr, kj, col_ok,
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, col_ok,
                                       keep & col_ok[None, :], s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
     else:
         for n0 in range(start, i0, BLOCK_N):
             kj = n0 + offs_n
             col_ok = kj < i0
-            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, b_ptr, kj, col_ok,
+            bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, col_ok,
                                       col_ok[None, :], s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
     hi = tl.minimum(i0 + BLOCK_M, end)
     for n0 in range(i0, hi, BLOCK_N):
         kj = n0 + offs_n
         col_ok = kj < hi
         mask = col_ok[None, :] & (kj[None, :] <= offs_m[:, None])
+        bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
         if WINDOW:
-            bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
             keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
             mask = mask & keep
-        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, b_ptr, kj, col_ok,
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, col_ok,
                                   mask, s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
@@ -135,3 +137,17 @@ def _fwd_kernel(
              mask=row_ok[:, None] & (offs_d[None, :] < D))
     lse = (m_i + tl.log2(l_safe)) * 0.6931471805599453
     tl.store(lse_ptr + bi64 * s_lb + hq * s_lh + offs_m, lse, mask=row_ok)
+
+
+def _tuned(kernel, configs: list[tuple[int, int, int]], key: list[str]):
+    """Autotune over (BLOCK_N, num_warps, num_stages); the interpreter takes the first only."""
+    if INTERPRET:
+        configs = configs[:1]
+    return triton.autotune(
+        [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s) for n, w, s in configs], key=key
+    )(kernel)
+
+
+# BLOCK_M is fixed by the caller (the query-block layout and the window lists depend on it)
+fwd_kernel = _tuned(_fwd_kernel, [(32, 4, 1)] if INTERPRET else [(64, 8, 3), (128, 8, 3), (64, 4, 3), (128, 8, 2)],
+                    key=["D", "G", "WINDOW", "VARLEN", "BLOCK_M"])
