@@ -142,3 +142,24 @@ def test_bad_input_errors():
         cache.attend(torch.randn(2, 2, 4, 8))
     with pytest.raises(ValueError, match="q: heads 3 must be a multiple of the cache's kv heads 2"):
         cache.attend(torch.randn(2, 1, 3, 8))
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("w", [6, None])
+def test_triton_decode_path_matches_float64_rows(w):
+    """Under the interpreter attend runs the Triton decode kernel over the cache's unordered,
+    partly empty slots; each row is checked against a float64 softmax over the Python-sorted
+    top-w keys."""
+    q, k, v, bias = make(2, 41, 4, 2, 24, dtype=torch.float32, seed=12)
+    cache = DMAttnCache.empty(2, 2, 24, keep_window=w, dtype=torch.float32)
+    for i in range(41):
+        cache.update(k[:, i : i + 1], v[:, i : i + 1], bias[:, :, i : i + 1])
+        o = cache.attend(q[:, i : i + 1])
+        ref = torch.empty(2, 1, 4, 24, dtype=torch.float64)
+        for bi in range(2):
+            for m in range(4):
+                n = m // 2
+                keys = sorted(top_w_positions(bias[bi, n].tolist(), i, w))
+                s = k[bi, keys, n].double() @ q[bi, i, m].double() * 24**-0.5 + bias[bi, n, keys].double()
+                ref[bi, 0, m] = torch.softmax(s, 0) @ v[bi, keys, n].double()
+        assert_close(o, ref, torch.float32, f"decode row {i}")
