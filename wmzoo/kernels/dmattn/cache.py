@@ -6,8 +6,9 @@ can never be selected again: evicting it is exact (wonderful-matrices.md, sectio
 therefore holds exactly the top-w keys seen so far, and a query at the newest position attends
 with a plain softmax over all of them.
 
-Slots are unordered and chosen per (batch, kv head); ``valid`` marks the filled ones. Without a
-window the cache keeps every key and grows by doubling.
+Slots are unordered and chosen per (batch, kv head); ``valid`` marks the filled ones (always the
+first min(length, w)). A decode step replaces the lowest-ranked key in place; a multi-token
+update merges and re-selects. Without a window the cache keeps every key and grows by doubling.
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ class DMAttnCache:
         check_tensor("bias", bias, shape=(b, hkv, n), dtypes=FLOAT_DTYPES, device=self.k.device)
         pos = torch.arange(self.length, self.length + n, device=self.k.device).expand(b, hkv, n)
         k, v, bias = k.to(self.k.dtype), v.to(self.v.dtype), bias.to(self.bias.dtype)
-        if self.keep_window is None:
-            self._append(k, v, bias, pos)
+        if self.keep_window is None or self.length + n <= self.keep_window:
+            self._append(k, v, bias, pos)  # nothing to evict yet: slots fill in order
+        elif n == 1 and self.length >= self.keep_window:
+            self._replace_lowest(k, v, bias, pos)
         else:
             self._merge_top(k, v, bias, pos)
         self.length += n
@@ -92,6 +95,20 @@ class DMAttnCache:
         self.bias[:, :, start : start + n] = bias
         self.pos[:, :, start : start + n] = pos
         self.valid[:, :, start : start + n] = True
+
+    def _replace_lowest(self, k, v, bias, pos) -> None:
+        """One new key into a full window: it takes the slot of the lowest-ranked cached key iff
+        it ranks above it (bias >= that bias: on a tie the newer key wins). In place, O(w)."""
+        low_bias = self.bias.amin(-1, keepdim=True)  # (b, hkv, 1)
+        # the oldest among the keys of lowest bias is the lowest-ranked one
+        oldest = torch.where(self.bias == low_bias, self.pos, torch.iinfo(torch.int64).max)
+        slot = oldest.argmin(-1, keepdim=True)  # (b, hkv, 1)
+        enters = bias >= low_bias  # (b, hkv, 1)
+        self.bias.scatter_(-1, slot, torch.where(enters, bias, low_bias))
+        self.pos.scatter_(-1, slot, torch.where(enters, pos, self.pos.gather(-1, slot)))
+        rows = slot.transpose(1, 2)[..., None].expand(-1, -1, -1, self.k.shape[-1])  # (b, 1, hkv, d)
+        for cached, new in ((self.k, k), (self.v, v)):
+            cached.scatter_(1, rows, torch.where(enters.transpose(1, 2)[..., None], new, cached.gather(1, rows)))
 
     def _merge_top(self, k, v, bias, pos) -> None:
         """Keep the top-w of (cached keys + new keys), ordered by (bias desc, position desc)."""
