@@ -24,8 +24,8 @@ def _configs():
     return [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (8, 2), (4, 3))]
 
 
-# Sequence lengths are not in the key: a new length never re-tunes.
-@triton.autotune(configs=_configs(), key=["H", "G", "P", "N", "Q", "BLOCK_P", "BLOCK_N", "ROPE", "DOT"])
+# Lengths, batch, head and group counts are not in the key: a new length never re-tunes.
+@triton.autotune(configs=_configs(), key=["P", "N", "Q", "BLOCK_P", "BLOCK_N", "ROPE", "DOT"])
 @triton.jit
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
