@@ -126,23 +126,23 @@ def tol_dtype(args, extra):
 
 
 @pytest.mark.parametrize("t", [1, 63, 65, 200])
-@pytest.mark.parametrize("chunk_size", [16, 64])
 @pytest.mark.parametrize("groups", ["one", "per_head", "half"])
 @pytest.mark.parametrize("skip", [False, True])
 @pytest.mark.parametrize("rope", [0, 4])
-def test_chunked_matches_loop_and_dual(t, chunk_size, groups, skip, rope):
+def test_chunked_matches_loop_and_dual(t, groups, skip, rope):
     h = 4
     g = {"one": 1, "per_head": h, "half": h // 2}[groups]
     dtype = torch.float32 if rope else F64
     args, extra = make_inputs(2, t, h, 3, 6, g, dtype=dtype, D=skip, h0=True, rope=rope, seed=t)
-    y, final = ssd(**args, **extra, chunk_size=chunk_size, return_final_state=True)
-    assert y.dtype == dtype and y.shape == args["x"].shape
-    assert final.dtype == (F64 if dtype == F64 else torch.float32) and final.shape == (2, h, 3, 6)
     tol = tol_dtype(args, extra)
-    for form in (loop_ssd, dual_ssd):
-        y_ref, final_ref = expected(args, extra, form)
-        assert_close(y, y_ref, tol, f"y vs {form.__name__}")
-        assert_close(final, final_ref, tol, f"final_state vs {form.__name__}")
+    references = {form.__name__: expected(args, extra, form) for form in (loop_ssd, dual_ssd)}
+    for chunk_size in (16, 64):
+        y, final = ssd(**args, **extra, chunk_size=chunk_size, return_final_state=True)
+        assert y.dtype == dtype and y.shape == args["x"].shape
+        assert final.dtype == (F64 if dtype == F64 else torch.float32) and final.shape == (2, h, 3, 6)
+        for form, (y_ref, final_ref) in references.items():
+            assert_close(y, y_ref, tol, f"y vs {form}, chunk_size {chunk_size}")
+            assert_close(final, final_ref, tol, f"final_state vs {form}, chunk_size {chunk_size}")
 
 
 def test_loop_and_dual_agree():
@@ -365,33 +365,32 @@ def test_gradient_when_final_state_is_unused():
 # torch.library and torch.compile
 
 
-def op_args(rope, varlen):
-    args, extra = make_inputs(1, 37, 4, 3, 6, 2, dtype=torch.float32, D=True, h0=not varlen, rope=rope)
-    cu = torch.tensor([0, 10, 10, 37], dtype=torch.int32) if varlen else None
-    h0 = torch.randn(3, 4, 3, 6) if varlen else extra["initial_state"]
-    return (args["x"], args["dt"], args["A"], args["B"], args["C"], extra["D"], h0, cu,
-            extra.get("rope_cos"), extra.get("rope_sin"), 16)
+def op_args(full):
+    """ssd_fwd's arguments: every optional input present (packed, RoPE, D, initial states) or
+    every one absent."""
+    args, extra = make_inputs(1, 37, 4, 3, 6, 2, dtype=torch.float32, D=full, rope=4 * full)
+    if not full:
+        return (*args.values(), None, None, None, None, None, 16)
+    cu = torch.tensor([0, 10, 10, 37], dtype=torch.int32)
+    return (*args.values(), extra["D"], torch.randn(3, 4, 3, 6), cu, extra["rope_cos"],
+            extra["rope_sin"], 16)
 
 
-@pytest.mark.parametrize("rope,varlen", [(0, False), (4, False), (4, True)])
-def test_opcheck_fwd_and_bwd(rope, varlen):
-    args = op_args(rope, varlen)
-    x, dt, A, B, C, D, h0 = args[:7]
-    grad_args = tuple(t.requires_grad_(True) for t in (x, dt, A, B, C, D, h0)) + args[7:]
+@pytest.mark.parametrize("full", [True, False], ids=["all_inputs", "no_optional_inputs"])
+def test_opcheck_fwd_and_bwd(full):
+    args = op_args(full)
+    grad_args = tuple(t.requires_grad_(True) if i < 7 and t is not None else t for i, t in enumerate(args))
     torch.library.opcheck(torch.ops.wmzoo.ssd_fwd.default, grad_args)
-    torch.library.opcheck(torch.ops.wmzoo.ssd_fwd.default, args)
-    dy = torch.randn_like(x)
-    dfinal = torch.randn_like(h0)
     plain = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in args)
+    dy = torch.randn_like(plain[0])
+    dfinal = torch.randn(3, 4, 3, 6) if full else None  # None: the final state was unused
     torch.library.opcheck(torch.ops.wmzoo.ssd_bwd.default, (dy, dfinal, *plain))
-    torch.library.opcheck(torch.ops.wmzoo.ssd_bwd.default, (dy, None, *plain[:5], None, None, *plain[7:]))
 
 
 def test_opcheck_step_and_its_bwd():
     args, extra = make_inputs(3, 1, 4, 3, 6, 2, dtype=torch.float32, D=True, h0=True, rope=4)
     step = (extra["initial_state"], args["x"][:, 0], args["dt"][:, 0], args["A"], args["B"][:, 0],
             args["C"][:, 0], extra["D"], extra["rope_cos"][:, 0], extra["rope_sin"][:, 0])
-    torch.library.opcheck(torch.ops.wmzoo.ssd_step.default, step)
     with_grad = tuple(t.clone().requires_grad_(True) for t in step[:7]) + step[7:]
     torch.library.opcheck(torch.ops.wmzoo.ssd_step.default, with_grad)
     dy, dstate = torch.randn_like(step[1]), torch.randn_like(step[0])
@@ -421,6 +420,24 @@ def test_compile_fullgraph_matches_eager(dynamic):
             results.append([y, final] + [v.grad for v in leaves[:7]])
         for name, a, b in zip(["y", "final", *GRAD_NAMES], *results):
             assert_close(b, a, torch.float32, f"compiled {name} (t={t}, dynamic={dynamic})")
+
+
+def test_reference_traces_with_symbolic_shapes():
+    """On CUDA the op body is traced (triton_op), reference fallback included: it must trace
+    with symbolic shapes and no host syncs, and the one graph must serve any length and packing."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from wmzoo.kernels.ssd import ssd_reference
+
+    def packed(lengths):
+        args, extra, cu = packed_case(lengths, index_dtype=torch.int64, rope=4)
+        return (*args.values(), extra["D"], extra["initial_state"], cu, extra["rope_cos"], extra["rope_sin"])
+
+    graph = make_fx(lambda *a: ssd_reference(*a, chunk_size=16), tracing_mode="symbolic")(*packed([10, 0, 27]))
+    for lengths in ([37], [10, 0, 27], [5, 40, 6, 0, 1]):
+        inputs = packed(lengths)
+        for got, want, name in zip(graph(*inputs), ssd_reference(*inputs, chunk_size=16), ("y", "final_state")):
+            assert_close(got, want, torch.float32, f"traced reference {name}, lengths {lengths}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def ssd_reference(
     # cu_seqlens each batch row is one sequence [0, t).
     if cu_seqlens is None:
         seq = torch.zeros(b, nc, Q, dtype=torch.long, device=dev)
-        bounds = torch.tensor([0, t], dtype=torch.long, device=dev).expand(b, 2)
+        bounds = (torch.arange(2, device=dev) * t).expand(b, 2)  # [0, t], t may be symbolic
     else:
         seq = seq_idx_from_cu_seqlens(cu_seqlens, nc * Q).view(1, nc, Q)
         # bounds[k] is the start of sequence k; bounds[num_seqs] = t starts the padding.
