@@ -10,6 +10,7 @@ below the autograd dispatch keys).
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
@@ -116,8 +117,9 @@ def dmattn(
     check_tensor("v", v, shape=(b, t, hkv, d), dtypes=(q.dtype,), device=q.device)
     check_tensor("bias", bias, shape=(b, hkv, t), dtypes=FLOAT_DTYPES, device=q.device)
     if keep_window is not None:
-        if isinstance(keep_window, bool) or not isinstance(keep_window, int):
+        if isinstance(keep_window, bool) or not isinstance(keep_window, numbers.Integral):
             raise TypeError(f"keep_window: expected an int >= 1 or None, got {keep_window!r}")
+        keep_window = int(keep_window)  # numpy integers too; the op schema takes a Python int
         check_positive("keep_window", keep_window)
     if scale is None:
         scale = d**-0.5
