@@ -156,7 +156,7 @@ def test_positions_past_rope_table_raise():
     [
         (lambda: DMAttn(head_dim=48).build(64), "head_dim=48 must divide d_model=64"),
         (lambda: DMAttn(heads=4, kv_heads=3, head_dim=16).build(64), "kv_heads=3 must divide heads=4"),
-        (lambda: SMALL_MOE.replace(experts=1000).build(64), "perfect square.*got 1000.*961 and 1024"),
+        (lambda: SMALL_MOE.replace(experts=1000).build(64), "perfect square N, got N=1000; nearest squares 961 and 1024"),
         (lambda: DMAttn(heads=4, head_dim=16, keep_window=0).build(64), "keep_window: expected an integer >= 1, got 0"),
         (lambda: SSD(head_dim=16, chunk_size=48).build(64), "chunk_size: expected a power of two, got 48"),
         (lambda: SSD(head_dim=16, groups=3).build(64), "groups=3 must divide heads=4"),

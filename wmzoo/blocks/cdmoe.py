@@ -7,24 +7,14 @@ two top-k's over sqrt(N) sub-keys. Experts are gathered rows, never a loop over 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from ..kernels.cdmoe import cdmoe_experts, product_key_topk
+from ..kernels.cdmoe import cdmoe_experts, product_key_topk, sqrt_experts
 from ..kernels.checks import check_positive
 from ..specs import BlockSpec, block_spec
 from .mlp import MLPModule, default_hidden
 from .norm import init_normal_
-
-
-def check_square(name: str, n: int) -> int:
-    s = math.isqrt(n)
-    if n < 1 or s * s != n:
-        lo, hi = s * s, (s + 1) ** 2
-        raise ValueError(f"{name}: expected a perfect square (product keys need sqrt({name})), got {n}; nearest squares {lo} and {hi}")
-    return s
 
 
 @block_spec
@@ -44,7 +34,7 @@ class CDMoEModule(nn.Module):
     def __init__(self, spec: CDMoE, d_model: int):
         super().__init__()
         self.spec = spec
-        self.sqrt_n = s = check_square("experts", spec.experts)
+        self.sqrt_n = s = sqrt_experts(spec.experts)
         check_positive("heads", spec.heads)
         check_positive("experts_per_head", spec.experts_per_head)
         if spec.experts_per_head > s:
