@@ -105,8 +105,9 @@ def test_matches_brute_force(b, t, h, hkv, d, w, dtype, bias_kind):
 @pytest.mark.interpret
 @pytest.mark.parametrize("w", [None, 9, 40])
 def test_varlen_equals_separate_sequences(w):
-    # sequences shorter than, equal to and longer than a block; one of length 1
-    run_case(1, 140, 4, 2, 32, w, torch.float32, "ties", cu=[0, 30, 31, 95, 140])
+    # sequences shorter than, equal to and longer than a block, one of length 1, one spanning
+    # several selection segments
+    run_case(1, 200, 4, 2, 32, w, torch.float32, "ties", cu=[0, 30, 31, 95, 200])
 
 
 @pytest.mark.interpret

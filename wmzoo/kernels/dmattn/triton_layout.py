@@ -5,7 +5,8 @@ Packed varlen (``cu_seqlens``): blocks never straddle a sequence boundary. Seque
 ceil(len_s / M) blocks starting at ``blk_start[s]``; the grid has a static upper bound
 ceil(total / M) + num_seqs blocks (known from shapes alone), and each block's
 (sequence start, sequence end, first query) comes from small device tables, so no
-``.item()`` is needed. Surplus blocks get an empty range and do nothing.
+``.item()`` is needed. Surplus blocks get an empty range and do nothing. The same tables at a
+coarser granularity describe the window selection's segments (triton_select).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class BlockLayout:
     num_seqs: int
     cu_seqlens: torch.Tensor  # int32 (num_seqs+1,), or a placeholder when not varlen
     blk_start: torch.Tensor  # int32 (num_seqs+1,): first block of each sequence
-    blk_info: torch.Tensor  # int32 (3, n_blocks): sequence start, sequence end, first query
+    blk_info: torch.Tensor  # int32 (4, n_blocks): sequence start, sequence end, first query, sequence
 
 
 def block_layout(t: int, cu_seqlens: torch.Tensor | None, block_m: int, device) -> BlockLayout:
@@ -44,5 +45,5 @@ def block_layout(t: int, cu_seqlens: torch.Tensor | None, block_m: int, device) 
     start = cu[seq]
     end = torch.where(real, cu[seq + 1], start)
     first = start + (blk - blk_start[seq]) * block_m
-    info = torch.stack([start, end, torch.where(real, first, end)]).to(torch.int32).contiguous()
+    info = torch.stack([start, end, torch.where(real, first, end), seq]).to(torch.int32).contiguous()
     return BlockLayout(True, block_m, n_blocks, num_seqs, cu, blk_start.to(torch.int32), info)
