@@ -206,6 +206,20 @@ def test_opcheck():
         torch.library.opcheck(BWD, (do, q.detach(), k.detach(), v.detach(), bias.detach(), o, lse, cu, w, 0.25))
 
 
+def test_op_bodies_trace_with_symbolic_shapes():
+    """On CUDA the op bodies are their own fakes: tracing them with symbolic shapes fails on any
+    host sync or data-dependent shape. The windowed varlen path uses every op the others use."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from wmzoo.kernels.dmattn.op import _bwd_body, _fwd_body
+
+    q, k, v, bias = make(1, 21, 4, 2, 16, dtype=torch.float32, seed=31)
+    cu = torch.tensor([0, 8, 21])
+    make_fx(lambda *a: _fwd_body(*a, 5, 0.25), tracing_mode="symbolic")(q, k, v, bias, cu)
+    o, lse = _fwd_body(q, k, v, bias, cu, 5, 0.25)
+    make_fx(lambda *a: _bwd_body(*a, 5, 0.25), tracing_mode="symbolic")(o, q, k, v, bias, o, lse, cu)
+
+
 @pytest.mark.parametrize("varlen", [False, True])
 def test_compile_fullgraph_dynamic_matches_eager(varlen):
     torch._dynamo.reset()
