@@ -114,7 +114,7 @@ def time_shape(b, t, h, p, n, g, *, compiled_ref):
             torch.autograd.grad(f(), leaves, dy)
         return run
 
-    chunks = (64, 128) if g == h and b == 4 else (64,)
+    chunks = (32, 64) if g == h and b == 4 else (64,)
     for q in chunks:
         for rope in (False, True):
             rc, rs = (cos, sin) if rope else (None, None)

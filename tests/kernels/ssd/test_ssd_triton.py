@@ -169,15 +169,17 @@ def test_forward_and_gradients_match_loop(t, dtype, rope, triton_calls):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("groups", [1, 4])
-def test_matches_chunked_reference_without_optional_inputs(groups, triton_calls):
-    """No D, no initial state, no dfinal; g = 1 and g = h; against the op's reference."""
-    args = make_inputs(2, 70, 4, groups, 16, 32, D=False, h0=False, seed=5)
+@pytest.mark.parametrize("groups,rope", [(1, 0), (4, 32)])
+def test_matches_chunked_reference_without_optional_inputs(groups, rope, triton_calls):
+    """No D, no initial state, no dfinal; g = 1, and g = h with all n = 32 channels rotated;
+    against the op's chunked reference in float64."""
+    args = make_inputs(2, 70, 4, groups, 16, 32, D=False, h0=False, rope=rope, seed=5)
     leaves = [args[k].clone().requires_grad_(True) for k in ("x", "dt", "A", "B", "C")]
-    y = ssd(*leaves, chunk_size=16)
+    cos, sin = args.get("rope_cos"), args.get("rope_sin")
+    y = ssd(*leaves, chunk_size=16, rope_cos=cos, rope_sin=sin)
     grads = torch.autograd.grad((y * y).sum(), leaves)
     ref_leaves = [z.detach().to(F64).requires_grad_(True) for z in leaves]
-    y_ref = ssd_reference(*ref_leaves, chunk_size=16)[0]
+    y_ref = ssd_reference(*ref_leaves, chunk_size=16, rope_cos=cos, rope_sin=sin)[0]
     grads_ref = torch.autograd.grad((y_ref * y_ref).sum(), ref_leaves)
     assert triton_calls["forward"] == 1 and triton_calls["backward"] == 1
     assert_close(y, y_ref, torch.float32, "y")

@@ -3,9 +3,9 @@ lists and return tuples, see op.py) and ``warmup``. Inputs the kernels cannot ta
 ``Unsupported`` with the reason; the op body then runs the reference.
 
 No host syncs: sequence boundaries are read from ``cu_seqlens`` inside the kernels, and every
-branch here depends on shapes and dtypes only. The backward's kernels write dB~ and dC~ per
-head in fp32; summing heads into groups and applying RoPE's transpose (the inverse rotation)
-to them are the few elementwise torch ops at the end of ``backward``.
+branch here depends on shapes and dtypes only. The backward's kernels write dB and dC (RoPE's
+transpose already applied) per head; with g < h, summing each group's heads is the one torch
+op after them (fp32 per-head buffers), with g = h they write the gradients in place.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from ..registry import INTERPRET, Unsupported, empty_like_none, launch
-from ..rope import rope_reference
+from ..registry import Unsupported, empty_like_none, launch
 from .triton_bwd import _ssd_bwd_forward_sweep, _ssd_bwd_reverse_sweep
 from .triton_common import DOT_BF16, DOT_FP16, DOT_IEEE
 from .triton_fwd import _ssd_fwd_kernel
@@ -23,7 +22,7 @@ from .triton_step import _ssd_step_kernel
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_P = 128  # the backward keeps p x n states and several chunk x p tiles in registers
 MAX_N = 256
-CHUNK_SIZES = (16, 32, 64, 128)  # tl.dot needs >= 16; a chunk x chunk fp32 tile must fit
+CHUNK_SIZES = (16, 32, 64)  # tl.dot needs >= 16; 128 overflows shared memory / registers
 # Fewer (sequence, head) programs than this and the forward splits p into blocks to fill the GPU.
 MIN_PROGRAMS = 264
 
@@ -54,14 +53,22 @@ def _dot(x: torch.Tensor) -> int:
     return DOT_BF16 if x.dtype == torch.bfloat16 else DOT_FP16
 
 
-def _blocks(p: int, n: int) -> tuple[int, int]:
-    return max(16, triton.next_power_of_2(p)), max(16, triton.next_power_of_2(n))
+def _pow2(v: int) -> int:
+    return max(16, triton.next_power_of_2(v))  # tl.dot needs every dimension >= 16
+
+
+def _tiles(p: int, n: int, half: int) -> dict:
+    """Tile sizes: p, and the n channels as segments lo, hi = [0, half), [half, 2 half), rest."""
+    rest = n - 2 * half
+    return dict(BLOCK_P=_pow2(p), HB=_pow2(half) if half else 16, RB=_pow2(rest) if rest else 16,
+                ROPE=half > 0, REST=rest > 0)
 
 
 def _rope(rope_cos, rope_sin, dummy):
     if rope_cos is None:
         return dummy, dummy, 0
-    return rope_cos.contiguous(), rope_sin.contiguous(), rope_cos.shape[-1]
+    # int(): under torch.compile(dynamic=True) sizes are symbolic; tile sizes must be constants.
+    return rope_cos.contiguous(), rope_sin.contiguous(), int(rope_cos.shape[-1])
 
 
 def _output(like: torch.Tensor, varlen: bool, dtype=None) -> torch.Tensor:
@@ -73,16 +80,16 @@ def _output(like: torch.Tensor, varlen: bool, dtype=None) -> torch.Tensor:
 def forward(x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin, chunk_size):
     _check(x, dt, A, B, C, D, initial_state, rope_cos, chunk_size)
     b, t, h, p = x.shape
-    g, n = B.shape[-2:]
+    g, n = int(B.shape[-2]), int(B.shape[-1])
     seqs = b if cu_seqlens is None else cu_seqlens.shape[0] - 1
     x, dt, B, C = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous()
     cos, sin, half = _rope(rope_cos, rope_sin, A)
-    block_p, block_n = _blocks(p, n)
-    while x.is_cuda and block_p > 16 and seqs * h * triton.cdiv(p, block_p) < MIN_PROGRAMS:
-        block_p //= 2
+    tiles = _tiles(int(p), n, half)
+    while x.is_cuda and tiles["BLOCK_P"] > 16 and seqs * h * triton.cdiv(p, tiles["BLOCK_P"]) < MIN_PROGRAMS:
+        tiles["BLOCK_P"] //= 2
     y = _output(x, cu_seqlens is not None)
     final = x.new_empty(seqs, h, p, n, dtype=torch.float32)
-    grid = (seqs, h, triton.cdiv(p, block_p))
+    grid = (seqs, h, triton.cdiv(p, tiles["BLOCK_P"]))
     launch(_ssd_fwd_kernel)[grid](
         x, dt, A, B, C, A if D is None else D,
         A if initial_state is None else initial_state.contiguous(),
@@ -90,18 +97,24 @@ def forward(x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin, ch
         y, final,
         t, h, g, p, n, half,
         HAS_D=D is not None, HAS_H0=initial_state is not None, HAS_CU=cu_seqlens is not None,
-        ROPE=half > 0, Q=chunk_size, BLOCK_P=block_p, BLOCK_N=block_n, DOT=_dot(x),
+        Q=chunk_size, DOT=_dot(x), **tiles,
     )
     return y, final
 
 
-def _heads_to_groups(d_heads: torch.Tensor, like: torch.Tensor, cos, sin, rope: bool) -> torch.Tensor:
-    """dB~ per head (b*t, h, n) fp32 -> dB (b, t, g, n): sum each group's heads, rotate back."""
+def _grad_buffer(like: torch.Tensor, h: int, varlen: bool) -> torch.Tensor:
+    """Where the kernels write dB or dC per head: the gradient itself when g = h, else fp32."""
     b, t, g, n = like.shape
-    d = d_heads.view(b, t, g, -1, n).sum(3)
-    if rope:  # the rotation is orthogonal: its transpose turns by -angle
-        d = rope_reference(d, cos, -sin)
-    return d.to(like.dtype)
+    dtype = like.dtype if g == h else torch.float32
+    make = torch.zeros if varlen else torch.empty
+    return make(b * t, h, n, dtype=dtype, device=like.device)
+
+
+def _heads_to_groups(d_heads: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    b, t, g, n = like.shape
+    if d_heads.dtype == like.dtype and d_heads.shape[1] == g:
+        return d_heads.view(b, t, g, n)
+    return d_heads.view(b, t, g, -1, n).sum(3).to(like.dtype)
 
 
 def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin,
@@ -110,19 +123,17 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
     if dfinal_state is not None and dfinal_state.dtype != torch.float32:
         raise Unsupported(f"dfinal_state: dtype {dfinal_state.dtype} (the kernels take float32)")
     b, t, h, p = x.shape
-    g, n = B.shape[-2:]
+    g, n = int(B.shape[-2]), int(B.shape[-1])
     seqs = b if cu_seqlens is None else cu_seqlens.shape[0] - 1
     varlen = cu_seqlens is not None
     x, dt, B, C, dy = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous(), dy.contiguous()
     cos, sin, half = _rope(rope_cos, rope_sin, A)
-    block_p, block_n = _blocks(p, n)
     cu = A if cu_seqlens is None else cu_seqlens
     dfinal = A if dfinal_state is None else dfinal_state.contiguous()
-    common = dict(ROPE=half > 0, Q=chunk_size, BLOCK_P=block_p, BLOCK_N=block_n, DOT=_dot(x))
+    common = dict(Q=chunk_size, DOT=_dot(x), **_tiles(int(p), n, half))
     grid = (seqs, h)
 
-    dC_heads = x.new_zeros(b * t, h, n, dtype=torch.float32) if varlen else \
-        x.new_empty(b * t, h, n, dtype=torch.float32)
+    dC_heads = _grad_buffer(C, h, varlen)
     c_dc = x.new_empty(b * t, h, dtype=torch.float32)  # C~_t . dC~_t
     d_final = x.new_empty(seqs, h, dtype=torch.float32)  # <dfinal, final>
     launch(_ssd_bwd_forward_sweep)[grid](
@@ -136,7 +147,7 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
 
     dx = _output(x, varlen)
     ddt = _output(dt, varlen)
-    dB_heads = torch.zeros_like(dC_heads) if varlen else torch.empty_like(dC_heads)
+    dB_heads = _grad_buffer(B, h, varlen)
     dA_part = x.new_empty(seqs, h, dtype=torch.float32)
     dD_part = x.new_empty(seqs, h, dtype=torch.float32)
     dh0 = x.new_empty(seqs, h, p, n, dtype=torch.float32)
@@ -149,12 +160,10 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
         **common,
     )
 
-    dB = _heads_to_groups(dB_heads, B, cos, sin, half > 0)
-    dC = _heads_to_groups(dC_heads, C, cos, sin, half > 0)
     dA = dA_part.sum(0).to(A.dtype)
     dD = empty_like_none(x) if D is None else dD_part.sum(0).to(D.dtype)
     d_initial = empty_like_none(x) if initial_state is None else dh0
-    return dx, ddt, dA, dB, dC, dD, d_initial
+    return dx, ddt, dA, _heads_to_groups(dB_heads, B), _heads_to_groups(dC_heads, C), dD, d_initial
 
 
 def step(state, x, dt, A, B, C, D, rope_cos, rope_sin):
@@ -163,8 +172,7 @@ def step(state, x, dt, A, B, C, D, rope_cos, rope_sin):
     g, n = B.shape[-2:]
     x, dt, B, C, state = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous(), state.contiguous()
     cos, sin, half = _rope(rope_cos, rope_sin, A)
-    block_p, block_n = _blocks(p, n)
-    block_p = min(block_p, 32)  # more programs: a decode step is a pure read-and-write of states
+    block_p, block_n = min(_pow2(p), 32), _pow2(n)  # small p blocks: more programs stream states
     y = torch.empty_like(x)
     new = torch.empty_like(state)
     launch(_ssd_step_kernel)[(b, h, triton.cdiv(p, block_p))](

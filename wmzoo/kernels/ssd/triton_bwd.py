@@ -14,9 +14,11 @@ The decays: with G_t the cumulative log decay over the whole sequence, the loss 
 only through exp(G_t - G_s) and exp(G_t) factors, which gives
     dL/dG_t = C~_t . dC~_t - B~_t . dB~_t  (+ <dfinal, final> at the last token),
 so d a_s = sum_{t>=s} dL/dG_t, a reverse cumsum the reverse sweep carries across chunks; then
-ddt_s = x_s . dxd_s + A d a_s and dA = sum_s dt_s d a_s. dB~ and dC~ are written per head in
-fp32; the backend sums heads into groups and rotates them back (RoPE's transpose).
+ddt_s = x_s . dxd_s + A d a_s and dA = sum_s dt_s d a_s. dB and dC are rotated back inside
+the kernels: RoPE's transpose is applied to them in registers (per head; the backend sums
+the heads of a group when g < h). Tiles over n are column segments as in triton_fwd.
 """
+
 
 from __future__ import annotations
 
@@ -24,7 +26,16 @@ import triton
 import triton.language as tl
 
 from ..registry import INTERPRET
-from .triton_common import load_rotated, mm, sequence_range
+from .triton_common import (
+    load_cols,
+    load_rotated_halves,
+    mm,
+    rope_tables,
+    sequence_range,
+    state_tile,
+    store_cols,
+    unrotate,
+)
 
 
 def _configs():
@@ -34,7 +45,7 @@ def _configs():
 
 
 # Lengths, batch, head and group counts are not in the key: a new length never re-tunes.
-_KEY = ["P", "N", "Q", "BLOCK_P", "BLOCK_N", "ROPE", "DOT"]
+_KEY = ["P", "N", "Q", "BLOCK_P", "HB", "RB", "ROPE", "REST", "DOT"]
 
 
 @triton.autotune(configs=_configs(), key=_KEY)
@@ -43,25 +54,33 @@ def _ssd_bwd_forward_sweep(
     dy_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
     dC_ptr, cdc_ptr, dff_ptr,
     T, H, G, P, N, HALF,
-    HAS_DFINAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr, ROPE: tl.constexpr,
-    Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr,
+    ROPE: tl.constexpr, REST: tl.constexpr,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, HB: tl.constexpr, RB: tl.constexpr, DOT: tl.constexpr,
 ):
     k = tl.program_id(0)
     head = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
     steps = tl.arange(0, Q)
     start, end = sequence_range(cu_ptr, k, T, HAS_CU)
     group = head // (H // G)
     A = tl.load(A_ptr + head).to(tl.float32)
-    p_mask = offs_p < P
-    n_mask = offs_n < N
-    state_off = ((k * H + head) * P + offs_p[:, None]) * N + offs_n[None, :]
-    state_mask = p_mask[:, None] & n_mask[None, :]
+    R = 2 * HALF
+    Bg = B_ptr + group * N
+    Cg = C_ptr + group * N
+    dCh = dC_ptr + head * N  # dC per head: (tokens, h, n)
+    lo_ptr, lo_mask = state_tile(h0_ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
+    hi_ptr, hi_mask = state_tile(h0_ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
+    re_ptr, re_mask = state_tile(h0_ptr, k, head, H, P, N, offs_p, R, N - R, RB)
+    s_lo = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
+    s_hi = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
+    s_re = tl.zeros([BLOCK_P, RB], dtype=tl.float32)
     if HAS_H0:
-        state = tl.load(h0_ptr + state_off, mask=state_mask, other=0.0).to(tl.float32)
-    else:
-        state = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+        if ROPE:
+            s_lo = tl.load(lo_ptr, mask=lo_mask, other=0.0)
+            s_hi = tl.load(hi_ptr, mask=hi_mask, other=0.0)
+        if REST:
+            s_re = tl.load(re_ptr, mask=re_mask, other=0.0)
     causal = steps[:, None] >= steps[None, :]
 
     for c in range(0, tl.cdiv(end - start, Q)):
@@ -71,26 +90,47 @@ def _ssd_bwd_forward_sweep(
         a = dt * A
         lam = tl.cumsum(a, axis=0)
         lam_end = tl.sum(a, axis=0)
-        xy_off = (rows[:, None] * H + head) * P + offs_p[None, :]
-        xy_mask = row_mask[:, None] & p_mask[None, :]
-        xd = tl.load(x_ptr + xy_off, mask=xy_mask, other=0.0).to(tl.float32) * dt[:, None]
-        dy = tl.load(dy_ptr + xy_off, mask=xy_mask, other=0.0).to(tl.float32)
-        Bt = load_rotated(B_ptr + group * N, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, BLOCK_N, ROPE)
-        Ct = load_rotated(C_ptr + group * N, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, BLOCK_N, ROPE)
+        xd = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P) * dt[:, None]
+        dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))
         dyxd = mm(dy, tl.trans(xd), DOT) * decay  # [t, s]
-        dC = mm(dyxd, Bt, DOT) + tl.exp(lam)[:, None] * mm(dy, state, DOT)
-        bn_off = (rows[:, None] * H + head) * N + offs_n[None, :]
-        tl.store(dC_ptr + bn_off, dC, mask=row_mask[:, None] & n_mask[None, :])
-        tl.store(cdc_ptr + rows * H + head, tl.sum(Ct * dC, axis=1), mask=row_mask)
-        weighted = xd * tl.exp(lam_end - lam)[:, None]
-        state = tl.exp(lam_end) * state + mm(tl.trans(weighted), Bt, DOT)
+        e_lam = tl.exp(lam)[:, None]
+        c_dc = tl.zeros([Q], dtype=tl.float32)
+        weighted = tl.trans(xd * tl.exp(lam_end - lam)[:, None])
+        carry = tl.exp(lam_end)
+        if ROPE:
+            cos, sin = rope_tables(cos_ptr, sin_ptr, rows, row_mask, HALF, HB)
+            b_lo, b_hi = load_rotated_halves(Bg, G * N, rows, row_mask, cos, sin, HALF, HB)
+            c_lo, c_hi = load_rotated_halves(Cg, G * N, rows, row_mask, cos, sin, HALF, HB)
+            dc_lo = mm(dyxd, b_lo, DOT) + e_lam * mm(dy, s_lo, DOT)
+            dc_hi = mm(dyxd, b_hi, DOT) + e_lam * mm(dy, s_hi, DOT)
+            c_dc += tl.sum(c_lo * dc_lo, axis=1) + tl.sum(c_hi * dc_hi, axis=1)
+            g_lo, g_hi = unrotate(dc_lo, dc_hi, cos, sin)
+            store_cols(dCh, H * N, rows, row_mask, 0, HALF, g_lo, HB)
+            store_cols(dCh, H * N, rows, row_mask, HALF, HALF, g_hi, HB)
+            s_lo = carry * s_lo + mm(weighted, b_lo, DOT)
+            s_hi = carry * s_hi + mm(weighted, b_hi, DOT)
+        if REST:
+            b_re = load_cols(Bg, G * N, rows, row_mask, R, N - R, RB)
+            c_re = load_cols(Cg, G * N, rows, row_mask, R, N - R, RB)
+            dc_re = mm(dyxd, b_re, DOT) + e_lam * mm(dy, s_re, DOT)
+            c_dc += tl.sum(c_re * dc_re, axis=1)
+            store_cols(dCh, H * N, rows, row_mask, R, N - R, dc_re, RB)
+            s_re = carry * s_re + mm(weighted, b_re, DOT)
+        tl.store(cdc_ptr + rows * H + head, c_dc, mask=row_mask)
 
+    # <dfinal, final>: the final state's term of dL/dG, at the last token.
+    dff = 0.0
     if HAS_DFINAL:
-        dfinal = tl.load(dfinal_ptr + state_off, mask=state_mask, other=0.0).to(tl.float32)
-        tl.store(dff_ptr + k * H + head, tl.sum(tl.sum(dfinal * state, axis=1), axis=0))
-    else:
-        tl.store(dff_ptr + k * H + head, 0.0)
+        lo_ptr, lo_mask = state_tile(dfinal_ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
+        hi_ptr, hi_mask = state_tile(dfinal_ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
+        re_ptr, re_mask = state_tile(dfinal_ptr, k, head, H, P, N, offs_p, R, N - R, RB)
+        if ROPE:
+            dff += tl.sum(tl.sum(tl.load(lo_ptr, mask=lo_mask, other=0.0) * s_lo, axis=1), axis=0)
+            dff += tl.sum(tl.sum(tl.load(hi_ptr, mask=hi_mask, other=0.0) * s_hi, axis=1), axis=0)
+        if REST:
+            dff += tl.sum(tl.sum(tl.load(re_ptr, mask=re_mask, other=0.0) * s_re, axis=1), axis=0)
+    tl.store(dff_ptr + k * H + head, dff)
 
 
 @triton.autotune(configs=_configs(), key=_KEY)
@@ -100,25 +140,33 @@ def _ssd_bwd_reverse_sweep(
     cdc_ptr, dff_ptr,
     dx_ptr, ddt_ptr, dB_ptr, dA_ptr, dD_ptr, dh0_ptr,
     T, H, G, P, N, HALF,
-    HAS_DFINAL: tl.constexpr, HAS_D: tl.constexpr, HAS_CU: tl.constexpr, ROPE: tl.constexpr,
-    Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, HAS_D: tl.constexpr, HAS_CU: tl.constexpr,
+    ROPE: tl.constexpr, REST: tl.constexpr,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, HB: tl.constexpr, RB: tl.constexpr, DOT: tl.constexpr,
 ):
     k = tl.program_id(0)
     head = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
     steps = tl.arange(0, Q)
     start, end = sequence_range(cu_ptr, k, T, HAS_CU)
     group = head // (H // G)
     A = tl.load(A_ptr + head).to(tl.float32)
-    p_mask = offs_p < P
-    n_mask = offs_n < N
-    state_off = ((k * H + head) * P + offs_p[:, None]) * N + offs_n[None, :]
-    state_mask = p_mask[:, None] & n_mask[None, :]
+    R = 2 * HALF
+    Bg = B_ptr + group * N
+    Cg = C_ptr + group * N
+    dBh = dB_ptr + head * N  # dB per head: (tokens, h, n)
+    lo_ptr, lo_mask = state_tile(dfinal_ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
+    hi_ptr, hi_mask = state_tile(dfinal_ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
+    re_ptr, re_mask = state_tile(dfinal_ptr, k, head, H, P, N, offs_p, R, N - R, RB)
+    ds_lo = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
+    ds_hi = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
+    ds_re = tl.zeros([BLOCK_P, RB], dtype=tl.float32)
     if HAS_DFINAL:
-        dstate = tl.load(dfinal_ptr + state_off, mask=state_mask, other=0.0).to(tl.float32)
-    else:
-        dstate = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+        if ROPE:
+            ds_lo = tl.load(lo_ptr, mask=lo_mask, other=0.0)
+            ds_hi = tl.load(hi_ptr, mask=hi_mask, other=0.0)
+        if REST:
+            ds_re = tl.load(re_ptr, mask=re_mask, other=0.0)
     if HAS_D:
         skip = tl.load(D_ptr + head).to(tl.float32)
     # d a_s = sum over t >= s of dL/dG_t; the final state's term sits at the last token.
@@ -135,36 +183,65 @@ def _ssd_bwd_reverse_sweep(
         a = dt * A
         lam = tl.cumsum(a, axis=0)
         lam_end = tl.sum(a, axis=0)
-        xy_off = (rows[:, None] * H + head) * P + offs_p[None, :]
-        xy_mask = row_mask[:, None] & p_mask[None, :]
-        x = tl.load(x_ptr + xy_off, mask=xy_mask, other=0.0).to(tl.float32)
+        x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         xd = x * dt[:, None]
-        dy = tl.load(dy_ptr + xy_off, mask=xy_mask, other=0.0).to(tl.float32)
-        Bt = load_rotated(B_ptr + group * N, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, BLOCK_N, ROPE)
-        Ct = load_rotated(C_ptr + group * N, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, BLOCK_N, ROPE)
+        dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))  # [t, s]
         to_end = tl.exp(lam_end - lam)[:, None]
-        scores = mm(Ct, tl.trans(Bt), DOT) * decay
-        dyxd = mm(dy, tl.trans(xd), DOT) * decay
-        dxd = mm(tl.trans(scores), dy, DOT) + to_end * mm(Bt, tl.trans(dstate), DOT)
-        dB = mm(tl.trans(dyxd), Ct, DOT) + to_end * mm(xd, dstate, DOT)
-        bn_off = (rows[:, None] * H + head) * N + offs_n[None, :]
-        tl.store(dB_ptr + bn_off, dB, mask=row_mask[:, None] & n_mask[None, :])
+        dyxd_t = tl.trans(mm(dy, tl.trans(xd), DOT) * decay)  # [s, t]
+        scores = tl.zeros([Q, Q], dtype=tl.float32)
+        from_state = tl.zeros([Q, BLOCK_P], dtype=tl.float32)  # dS B~_s, for dxd
+        b_db = tl.zeros([Q], dtype=tl.float32)
+        if ROPE:
+            cos, sin = rope_tables(cos_ptr, sin_ptr, rows, row_mask, HALF, HB)
+            b_lo, b_hi = load_rotated_halves(Bg, G * N, rows, row_mask, cos, sin, HALF, HB)
+            c_lo, c_hi = load_rotated_halves(Cg, G * N, rows, row_mask, cos, sin, HALF, HB)
+            scores += mm(c_lo, tl.trans(b_lo), DOT) + mm(c_hi, tl.trans(b_hi), DOT)
+            from_state += mm(b_lo, tl.trans(ds_lo), DOT) + mm(b_hi, tl.trans(ds_hi), DOT)
+            db_lo = mm(dyxd_t, c_lo, DOT) + to_end * mm(xd, ds_lo, DOT)
+            db_hi = mm(dyxd_t, c_hi, DOT) + to_end * mm(xd, ds_hi, DOT)
+            b_db += tl.sum(b_lo * db_lo, axis=1) + tl.sum(b_hi * db_hi, axis=1)
+            g_lo, g_hi = unrotate(db_lo, db_hi, cos, sin)
+            store_cols(dBh, H * N, rows, row_mask, 0, HALF, g_lo, HB)
+            store_cols(dBh, H * N, rows, row_mask, HALF, HALF, g_hi, HB)
+        if REST:
+            b_re = load_cols(Bg, G * N, rows, row_mask, R, N - R, RB)
+            c_re = load_cols(Cg, G * N, rows, row_mask, R, N - R, RB)
+            scores += mm(c_re, tl.trans(b_re), DOT)
+            from_state += mm(b_re, tl.trans(ds_re), DOT)
+            db_re = mm(dyxd_t, c_re, DOT) + to_end * mm(xd, ds_re, DOT)
+            b_db += tl.sum(b_re * db_re, axis=1)
+            store_cols(dBh, H * N, rows, row_mask, R, N - R, db_re, RB)
+        dxd = mm(tl.trans(scores * decay), dy, DOT) + to_end * from_state
 
-        dG = tl.load(cdc_ptr + rows * H + head, mask=row_mask, other=0.0) - tl.sum(Bt * dB, axis=1)
+        dG = tl.load(cdc_ptr + rows * H + head, mask=row_mask, other=0.0) - b_db
         da = da_carry + tl.cumsum(dG, axis=0, reverse=True)
         da_carry += tl.sum(dG, axis=0)
         dx = dxd * dt[:, None]
         if HAS_D:
             dx += skip * dy
             dD_acc += tl.sum(tl.sum(dy * x, axis=1), axis=0)
-        tl.store(dx_ptr + xy_off, dx.to(dx_ptr.dtype.element_ty), mask=xy_mask)
+        store_cols(dx_ptr + head * P, H * P, rows, row_mask, 0, P, dx, BLOCK_P)
         ddt = tl.sum(x * dxd, axis=1) + A * da
         tl.store(ddt_ptr + rows * H + head, ddt.to(ddt_ptr.dtype.element_ty), mask=row_mask)
         dA_acc += tl.sum(dt * da, axis=0)
-        dstate = tl.exp(lam_end) * dstate + mm(tl.trans(dy * tl.exp(lam)[:, None]), Ct, DOT)
+        # dS entering this chunk: decayed through it, plus what its outputs read from it.
+        weighted = tl.trans(dy * tl.exp(lam)[:, None])
+        carry = tl.exp(lam_end)
+        if ROPE:
+            ds_lo = carry * ds_lo + mm(weighted, c_lo, DOT)
+            ds_hi = carry * ds_hi + mm(weighted, c_hi, DOT)
+        if REST:
+            ds_re = carry * ds_re + mm(weighted, c_re, DOT)
 
-    tl.store(dh0_ptr + state_off, dstate, mask=state_mask)
+    lo_ptr, lo_mask = state_tile(dh0_ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
+    hi_ptr, hi_mask = state_tile(dh0_ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
+    re_ptr, re_mask = state_tile(dh0_ptr, k, head, H, P, N, offs_p, R, N - R, RB)
+    if ROPE:
+        tl.store(lo_ptr, ds_lo, mask=lo_mask)
+        tl.store(hi_ptr, ds_hi, mask=hi_mask)
+    if REST:
+        tl.store(re_ptr, ds_re, mask=re_mask)
     # Per-(sequence, head) partial sums; the backend adds them up (deterministic, no atomics).
     tl.store(dA_ptr + k * H + head, dA_acc)
     tl.store(dD_ptr + k * H + head, dD_acc)

@@ -1,10 +1,17 @@
-"""Triton pieces shared by the SSD kernels: RoPE applied to B / C tiles as they are loaded,
-the matrix product in the precision the inputs allow, and each program's token range.
+"""Triton pieces shared by the SSD kernels: B / C tiles loaded in column segments with RoPE
+applied on load, states kept as matching column segments, the matrix product in the precision
+the inputs allow, and each program's token range.
 
-Every SSD kernel runs one program per (sequence, head[, block of p]) and walks that sequence's
-chunks in order. A packed varlen batch is just a list of sequences whose token ranges come from
-``cu_seqlens`` (read inside the kernel: no host sync); chunks start at each sequence's first
-token, so a chunk never holds two sequences and no state can cross a boundary.
+Every chunked SSD kernel runs one program per (sequence, head[, block of p]) and walks that
+sequence's chunks in order. A packed varlen batch is just a list of sequences whose token
+ranges come from ``cu_seqlens`` (read inside the kernel: no host sync); chunks start at each
+sequence's first token, so a chunk never holds two sequences and no state crosses a boundary.
+
+RoPE without gathers: the n channels of B, C and of the p x n state are handled as three column
+segments, ``lo`` = [0, r/2), ``hi`` = [r/2, r) and ``rest`` = [r, n). The rotation pairs lo with
+hi channel by channel, so the rotated tiles are two elementwise expressions of plain loads, and
+every product over n is the sum of its three segment products. Without RoPE only ``rest``
+(= all n channels) exists.
 """
 
 from __future__ import annotations
@@ -42,14 +49,56 @@ def sequence_range(cu_ptr, k, T, HAS_CU: tl.constexpr):
 
 
 @triton.jit
+def load_cols(ptr, row_stride, rows, row_mask, col0, width, BLOCK: tl.constexpr):
+    """Columns [col0, col0 + width) of rows ``rows`` of a (tokens, row_stride) view, fp32."""
+    cols = tl.arange(0, BLOCK)
+    mask = row_mask[:, None] & (cols[None, :] < width)
+    return tl.load(ptr + rows[:, None] * row_stride + col0 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_cols(ptr, row_stride, rows, row_mask, col0, width, value, BLOCK: tl.constexpr):
+    cols = tl.arange(0, BLOCK)
+    mask = row_mask[:, None] & (cols[None, :] < width)
+    tl.store(ptr + rows[:, None] * row_stride + col0 + cols[None, :], value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def rope_tables(cos_ptr, sin_ptr, rows, row_mask, HALF, HB: tl.constexpr):
+    """cos, sin (Q, HB) of the chunk's tokens; tables (tokens, HALF) fp32."""
+    cos = load_cols(cos_ptr, HALF, rows, row_mask, 0, HALF, HB)
+    sin = load_cols(sin_ptr, HALF, rows, row_mask, 0, HALF, HB)
+    return cos, sin
+
+
+@triton.jit
+def load_rotated_halves(ptr, row_stride, rows, row_mask, cos, sin, HALF, HB: tl.constexpr):
+    """lo~ = lo cos - hi sin, hi~ = hi cos + lo sin (rotate-half RoPE), from two plain loads."""
+    lo = load_cols(ptr, row_stride, rows, row_mask, 0, HALF, HB)
+    hi = load_cols(ptr, row_stride, rows, row_mask, HALF, HALF, HB)
+    return lo * cos - hi * sin, hi * cos + lo * sin
+
+
+@triton.jit
+def unrotate(dlo, dhi, cos, sin):
+    """RoPE's transpose (turn by -angle): the gradient w.r.t. the unrotated channels."""
+    return dlo * cos + dhi * sin, dhi * cos - dlo * sin
+
+
+@triton.jit
+def state_tile(ptr, k, head, H, P, N, offs_p, col0, width, BLOCK: tl.constexpr):
+    """Pointers and mask of columns [col0, col0 + width) of state (k, head) (states, h, p, n)."""
+    cols = tl.arange(0, BLOCK)
+    offs = ((k * H + head) * P + offs_p[:, None]) * N + col0 + cols[None, :]
+    return ptr + offs, (offs_p[:, None] < P) & (cols[None, :] < width)
+
+
+@triton.jit
 def load_rotated(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
                  BLOCK_N: tl.constexpr, ROPE: tl.constexpr):
-    """Rows ``rows`` of a (tokens, n) view (row stride ``row_stride``) as fp32, with RoPE.
+    """Whole rows (all n channels, fp32) with RoPE, the partner channels by a second load.
 
-    With ROPE the first 2*HALF channels are rotated in rotate-half pairs (i, i + HALF) by the
-    token's cos / sin (tables (tokens, HALF), fp32): z~_i = z_i cos - z_{i+HALF} sin and
-    z~_{i+HALF} = z_{i+HALF} cos + z_i sin. The partner channels are a second, cached load of
-    the same rows, so no rotated copy of B or C ever exists in memory.
+    For the decode step, where a tile is one row and gathers cost nothing worth a segment split.
     """
     cols = tl.arange(0, BLOCK_N)
     mask = row_mask[:, None] & (cols[None, :] < N)

@@ -7,6 +7,7 @@ Per chunk of Q tokens, with a_s = dt_s A and Lam_t = a_1 + ... + a_t (inside the
     S     <- exp(Lam_Q) S + sum_s exp(Lam_Q - Lam_s) dt_s x_s B~_s^T
 The state (p x n, fp32) stays in registers from chunk to chunk, so the chunk states are never
 written to memory: the forward reads x, dt, B, C once and writes y and the final state.
+B~, C~ and S are held as column segments lo / hi / rest (triton_common: RoPE without gathers).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ..registry import INTERPRET
-from .triton_common import load_rotated, mm, sequence_range
+from .triton_common import load_cols, load_rotated_halves, mm, rope_tables, sequence_range, state_tile
 
 
 def _configs():
@@ -25,30 +26,39 @@ def _configs():
 
 
 # Lengths, batch, head and group counts are not in the key: a new length never re-tunes.
-@triton.autotune(configs=_configs(), key=["P", "N", "Q", "BLOCK_P", "BLOCK_N", "ROPE", "DOT"])
+@triton.autotune(configs=_configs(), key=["P", "N", "Q", "BLOCK_P", "HB", "RB", "ROPE", "REST", "DOT"])
 @triton.jit
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
     y_ptr, final_ptr,
     T, H, G, P, N, HALF,
-    HAS_D: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr, ROPE: tl.constexpr,
-    Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr,
+    ROPE: tl.constexpr, REST: tl.constexpr,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, HB: tl.constexpr, RB: tl.constexpr, DOT: tl.constexpr,
 ):
     k = tl.program_id(0)
     head = tl.program_id(1)
     offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
     steps = tl.arange(0, Q)
     start, end = sequence_range(cu_ptr, k, T, HAS_CU)
     group = head // (H // G)
     A = tl.load(A_ptr + head).to(tl.float32)
     p_mask = offs_p < P
-    state_off = ((k * H + head) * P + offs_p[:, None]) * N + offs_n[None, :]
-    state_mask = p_mask[:, None] & (offs_n[None, :] < N)
+    R = 2 * HALF  # first channel of the rest segment
+    Bg = B_ptr + group * N
+    Cg = C_ptr + group * N
+    lo_ptr, lo_mask = state_tile(h0_ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
+    hi_ptr, hi_mask = state_tile(h0_ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
+    re_ptr, re_mask = state_tile(h0_ptr, k, head, H, P, N, offs_p, R, N - R, RB)
+    s_lo = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
+    s_hi = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
+    s_re = tl.zeros([BLOCK_P, RB], dtype=tl.float32)
     if HAS_H0:
-        state = tl.load(h0_ptr + state_off, mask=state_mask, other=0.0).to(tl.float32)
-    else:
-        state = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+        if ROPE:
+            s_lo = tl.load(lo_ptr, mask=lo_mask, other=0.0)
+            s_hi = tl.load(hi_ptr, mask=hi_mask, other=0.0)
+        if REST:
+            s_re = tl.load(re_ptr, mask=re_mask, other=0.0)
     if HAS_D:
         skip = tl.load(D_ptr + head).to(tl.float32)
     causal = steps[:, None] >= steps[None, :]
@@ -61,20 +71,41 @@ def _ssd_fwd_kernel(
         a = dt * A
         lam = tl.cumsum(a, axis=0)
         lam_end = tl.sum(a, axis=0)
-        xy_off = (rows[:, None] * H + head) * P + offs_p[None, :]
-        xy_mask = row_mask[:, None] & p_mask[None, :]
-        x = tl.load(x_ptr + xy_off, mask=xy_mask, other=0.0).to(tl.float32)
-        Bt = load_rotated(B_ptr + group * N, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, BLOCK_N, ROPE)
-        Ct = load_rotated(C_ptr + group * N, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, BLOCK_N, ROPE)
+        x = load_cols(x_ptr + head * P, H * P, rows, row_mask, tl.program_id(2) * BLOCK_P, P - tl.program_id(2) * BLOCK_P, BLOCK_P)
         xd = x * dt[:, None]
+        scores = tl.zeros([Q, Q], dtype=tl.float32)
+        inter = tl.zeros([Q, BLOCK_P], dtype=tl.float32)
+        if ROPE:
+            cos, sin = rope_tables(cos_ptr, sin_ptr, rows, row_mask, HALF, HB)
+            b_lo, b_hi = load_rotated_halves(Bg, G * N, rows, row_mask, cos, sin, HALF, HB)
+            c_lo, c_hi = load_rotated_halves(Cg, G * N, rows, row_mask, cos, sin, HALF, HB)
+            scores += mm(c_lo, tl.trans(b_lo), DOT) + mm(c_hi, tl.trans(b_hi), DOT)
+            inter += mm(c_lo, tl.trans(s_lo), DOT) + mm(c_hi, tl.trans(s_hi), DOT)
+        if REST:
+            b_re = load_cols(Bg, G * N, rows, row_mask, R, N - R, RB)
+            c_re = load_cols(Cg, G * N, rows, row_mask, R, N - R, RB)
+            scores += mm(c_re, tl.trans(b_re), DOT)
+            inter += mm(c_re, tl.trans(s_re), DOT)
         # The mask goes in before exp: above the diagonal Lam_t - Lam_s > 0 could overflow.
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))
-        scores = mm(Ct, tl.trans(Bt), DOT) * decay
-        y = mm(scores, xd, DOT) + tl.exp(lam)[:, None] * mm(Ct, tl.trans(state), DOT)
+        y = mm(scores * decay, xd, DOT) + tl.exp(lam)[:, None] * inter
         if HAS_D:
             y += skip * x
-        tl.store(y_ptr + xy_off, y.to(y_ptr.dtype.element_ty), mask=xy_mask)
-        weighted = xd * tl.exp(lam_end - lam)[:, None]
-        state = tl.exp(lam_end) * state + mm(tl.trans(weighted), Bt, DOT)
+        xy_off = (rows[:, None] * H + head) * P + offs_p[None, :]
+        tl.store(y_ptr + xy_off, y.to(y_ptr.dtype.element_ty), mask=row_mask[:, None] & p_mask[None, :])
+        weighted = tl.trans(xd * tl.exp(lam_end - lam)[:, None])
+        carry = tl.exp(lam_end)
+        if ROPE:
+            s_lo = carry * s_lo + mm(weighted, b_lo, DOT)
+            s_hi = carry * s_hi + mm(weighted, b_hi, DOT)
+        if REST:
+            s_re = carry * s_re + mm(weighted, b_re, DOT)
 
-    tl.store(final_ptr + state_off, state, mask=state_mask)
+    lo_ptr, lo_mask = state_tile(final_ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
+    hi_ptr, hi_mask = state_tile(final_ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
+    re_ptr, re_mask = state_tile(final_ptr, k, head, H, P, N, offs_p, R, N - R, RB)
+    if ROPE:
+        tl.store(lo_ptr, s_lo, mask=lo_mask)
+        tl.store(hi_ptr, s_hi, mask=hi_mask)
+    if REST:
+        tl.store(re_ptr, s_re, mask=re_mask)
