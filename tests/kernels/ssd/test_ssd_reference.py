@@ -274,11 +274,12 @@ GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "initial_state")
 
 
 def grads_of(fn, leaves, weights):
-    """Gradients of sum(out_i * w_i) w.r.t. every leaf."""
+    """Gradients of sum(out_i * w_i) w.r.t. every leaf (zero for a leaf the outputs ignore)."""
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in leaves.items()}
     outs = fn(**leaves)
     loss = sum((o.to(F64) * w).sum() for o, w in zip(outs, weights))
-    return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
 
 
 @pytest.mark.parametrize("t,chunk_size,rope", [(1, 16, 0), (45, 16, 0), (70, 64, 0), (45, 16, 4)])
@@ -349,14 +350,17 @@ def test_step_gradients_match_loop():
         assert_close(got[name], want[name], F64, f"d{name}")
 
 
-def test_gradient_when_final_state_is_unused():
-    """Only y feeds the loss: the absent final-state gradient counts as zero."""
+@pytest.mark.parametrize("used", ["y", "final_state"])
+def test_gradient_when_one_output_is_unused(used):
+    """Only one output feeds the loss: the other's absent gradient counts as zero."""
     args, extra = make_inputs(1, 20, 2, 2, 4, 1, h0=True)
     leaves = {**args, **extra}
-    weights = (torch.randn(1, 20, 2, 2, dtype=F64),)
-    got = grads_of(lambda **kw: (ssd(**kw, chunk_size=8),), leaves, weights)
+    keep = 0 if used == "y" else 1
+    weights = ((torch.randn(1, 20, 2, 2, dtype=F64), torch.randn(1, 2, 2, 4, dtype=F64))[keep],)
+    got = grads_of(lambda **kw: ssd(**kw, chunk_size=8, return_final_state=True)[keep:keep + 1],
+                   leaves, weights)
     want = grads_of(lambda **kw: loop_ssd(kw["x"], kw["dt"], kw["A"], kw["B"], kw["C"], None,
-                                          kw["initial_state"])[:1], leaves, weights)
+                                          kw["initial_state"])[keep:keep + 1], leaves, weights)
     for name in leaves:
         assert_close(got[name], want[name], F64, f"d{name}")
 
@@ -438,6 +442,28 @@ def test_reference_traces_with_symbolic_shapes():
         inputs = packed(lengths)
         for got, want, name in zip(graph(*inputs), ssd_reference(*inputs, chunk_size=16), ("y", "final_state")):
             assert_close(got, want, torch.float32, f"traced reference {name}, lengths {lengths}")
+
+
+def test_reference_backward_inside_a_traced_triton_op_body():
+    """On CUDA ssd_bwd is a triton_op whose body (the reference fallback included) is traced by
+    torch.compile; registered the same way here, its reference gradients must survive tracing."""
+    from wmzoo.kernels.registry import reference_vjp
+    from wmzoo.kernels.ssd import ssd_reference
+    from wmzoo.kernels.ssd.op import _autograd_inside_op
+
+    def body(dy: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+             C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with _autograd_inside_op():
+            grads = reference_vjp(ssd_reference, (x, dt, A, B, C), (dy, None), chunk_size=16)
+        return grads[0].contiguous(), grads[2].contiguous(), grads[3].contiguous()
+
+    op = torch.library.triton_op("wmzoo_test::ssd_reference_grads", body, mutates_args=())
+    args, _ = make_inputs(1, 37, 4, 3, 6, 2, dtype=torch.float32)
+    dy = torch.randn(1, 37, 4, 3)
+    traced = torch.compile(op, fullgraph=True, backend="aot_eager")
+    want = grads_of(lambda **kw: (ssd_reference(**kw, chunk_size=16)[0],), args, (dy.double(),))
+    for name, got in zip(("x", "A", "B"), traced(dy, *args.values())):
+        assert_close(got, want[name], torch.float32, f"d{name} from the traced body")
 
 
 # ---------------------------------------------------------------------------------------------
