@@ -22,7 +22,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from wmzoo.kernels.cdmoe import cdmoe_experts, experts_kernel, product_key_topk
+from wmzoo.kernels.cdmoe import cdmoe_experts, product_key_topk
+from wmzoo.kernels.cdmoe.reference import product_key_topk_backward_reference
 
 RATIOS = (0.25, 0.5, 0.75, 1.0)
 
@@ -238,8 +239,7 @@ def sweep(n, d, dev, dtype, smoke, quick):
 
 def expert_floor(n, d, dev, dtype, smoke, copy_tbps):
     """The expert mixture alone at the issue's shape (N 16384, 64 per token): forward vs the
-    bytes it must read (2k rows of d per token, x, out, ids, weights), both backward modes,
-    and a small sweep of the kernel's tile and warps."""
+    bytes it must read (2k rows of d per token, x, out, ids, weights), and fwd+bwd."""
     N, k = (64, 8) if smoke else (16384, 64)
     g = torch.Generator(device=dev).manual_seed(1)
     x = torch.randn(n, d, device=dev, generator=g).to(dtype).requires_grad_()
@@ -262,23 +262,44 @@ def expert_floor(n, d, dev, dtype, smoke, copy_tbps):
     def fwd_bwd():
         cdmoe_experts(x, idx, w, down, up).backward(gout)
 
-    default = (experts_kernel.TILE, experts_kernel.NUM_WARPS)
-    tiles = {}
-    for tile, warps in [(2048, 4), (4096, 4), (4096, 8), (8192, 8)] if not smoke else [default]:
-        experts_kernel.TILE, experts_kernel.NUM_WARPS = tile, warps
-        tiles[f"tile{tile}_warps{warps}"] = round(timer(fwd), 4)
-    experts_kernel.TILE, experts_kernel.NUM_WARPS = default
-    res["fwd_ms_by_tile"] = tiles
     res["fwd_ms"] = round(timer(fwd), 4)
-    res["fwdbwd_atomic_ms"] = round(timer(fwd_bwd, leaves), 4)
-    torch.use_deterministic_algorithms(True)
-    try:
-        res["fwdbwd_deterministic_ms"] = round(timer(fwd_bwd, leaves), 4)
-    finally:
-        torch.use_deterministic_algorithms(False)
+    res["fwdbwd_ms"] = round(timer(fwd_bwd, leaves), 4)
     if "floor_ms" in res:
         res["fwd_over_floor"] = round(res["fwd_ms"] / res["floor_ms"], 2)
     return res
+
+
+def retrieval_parts(n, d, dev, dtype, smoke):
+    """The retrieval alone: fused forward kernel and the PyTorch backward, per shape."""
+    res = {}
+    for N, heads, k in [(64, 1, 8)] if smoke else [(16384, 1, 64), (65536, 8, 64), (2**20, 8, 16)]:
+        p = Problem(n, d, N, heads, k, dtype, dev, loop=False)
+        q = (p.x @ p.wq).view(n, heads, -1).detach()
+        keys = p.keys.detach()
+        w, idx = product_key_topk(q, keys, k)
+        gw = torch.randn_like(w)
+        res[f"E{N}_heads{heads}_top{k}"] = {
+            "fwd_ms": round(timer(lambda: product_key_topk(q, keys, k)), 4),
+            "bwd_ms": round(timer(lambda: product_key_topk_backward_reference(q, keys, idx, w, gw)), 4),
+        }
+        del p
+    return res
+
+
+def profile_fwd_bwd(n, d, dev, dtype, path):
+    """Kernel-time breakdown of one wmzoo fwd+bwd at the issue's shape (N 16384, k 64)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    p = Problem(n, d, 16384, 1, 64, dtype, dev, loop=False)
+    p.run("wmzoo").backward(p.grad)
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        p.run("wmzoo").backward(p.grad)
+        sync()
+    text = prof.key_averages().table(sort_by="cuda_time_total", row_limit=14)
+    with open(path, "w") as f:
+        f.write(text)
+    return text
 
 
 class CDMoEBlock(torch.nn.Module):
@@ -419,6 +440,7 @@ def main():
     n, d = (64, 32) if args.smoke else (16384, 1024)
     env = {"torch": torch.__version__, "triton": triton.__version__, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "tokens": n, "d": d, "dtype": str(dtype)}
     print(json.dumps(env), flush=True)
+    os.makedirs(args.out, exist_ok=True)
     results = {"env": env}
     results["ceilings"] = ceilings(dev, args.smoke)
     print(json.dumps(results["ceilings"]), flush=True)
@@ -427,12 +449,15 @@ def main():
         print(json.dumps(results["compile_check"]), flush=True)
     results["expert_floor"] = expert_floor(n, d, dev, dtype, args.smoke, results["ceilings"]["copy_TBps"])
     print(json.dumps(results["expert_floor"]), flush=True)
+    results["retrieval_parts"] = retrieval_parts(n, d, dev, dtype, args.smoke)
+    print(json.dumps(results["retrieval_parts"]), flush=True)
+    if dev == "cuda":
+        print(profile_fwd_bwd(n, d, dev, dtype, os.path.join(args.out, "profile.txt")), flush=True)
     results["anchors"] = anchors(n, d, dev, dtype, args.smoke)
     print(json.dumps(results["anchors"]), flush=True)
     results["block"] = block_vs_dense(n, d, dev, dtype, args.smoke, args.quick)
     print(json.dumps(results["block"]), flush=True)
     results["sweep"] = sweep(n, d, dev, dtype, args.smoke, args.quick)
-    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "cdmoe.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(table(results))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._functorch.config as functorch_config
 from cdmoe_math import brute_force_topk, expert_inputs, gathered_experts, grads, loop_experts, retrieval_inputs, scores_at
 from conftest import assert_close
 
@@ -51,16 +52,12 @@ def check_retrieval(n, heads, r, s, k, dtype, exact_ids=True):
     assert_close(got[1], want[1], dtype, "d sub_keys")
 
 
-def check_experts(n, d, k, n_experts, dtype, deterministic, repeat=False):
+def check_experts(n, d, k, n_experts, dtype, repeat=False):
     inputs = on_device(*expert_inputs(n, d, k, n_experts, dtype, seed=n, repeat=repeat))
     math = loop_experts if n * k <= 1000 else gathered_experts
     assert_close(cdmoe_experts(*inputs), math(*inputs), dtype, "output")
     g = torch.randn(n, d, dtype=torch.float64, device=DEVICE)
-    torch.use_deterministic_algorithms(deterministic)
-    try:
-        got = grads(cdmoe_experts, inputs, g)
-    finally:
-        torch.use_deterministic_algorithms(False)
+    got = grads(cdmoe_experts, inputs, g)
     want = grads(math, inputs, g)
     for name, a, b in zip(["x", "indices", "weights", "down", "up"], got, want):
         if b is not None:
@@ -87,14 +84,16 @@ def test_retrieval_kernel_ties_go_to_the_lower_expert_id(no_reference_fallback):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("n,d,k,n_experts,repeat", [(1, 7, 1, 4, False), (63, 40, 5, 49, True), (65, 33, 6, 16, True)])
-def test_experts_kernel_interpreted(no_reference_fallback, dtype, deterministic, n, d, k, n_experts, repeat):
-    check_experts(n, d, k, n_experts, dtype, deterministic, repeat)
+@pytest.mark.parametrize(
+    "n,d,k,n_experts,repeat", [(1, 7, 1, 4, False), (63, 40, 5, 49, True), (65, 33, 6, 16, True), (40, 300, 9, 100, True)]
+)
+def test_experts_kernel_interpreted(no_reference_fallback, dtype, n, d, k, n_experts, repeat):
+    check_experts(n, d, k, n_experts, dtype, repeat)
 
 
 @pytest.mark.interpret
+@functorch_config.patch(enable_autograd_cache=False)  # see test_cdmoe_reference.py
 def test_kernels_under_compile_and_opcheck():
     def block(q, keys, x, down, up):
         w, idx = product_key_topk(q, keys, 3)
@@ -119,21 +118,19 @@ def test_retrieval_kernel_gpu(no_reference_fallback, dtype, n, heads, r, s, k):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("n,d,k,n_experts", [(1025, 1024, 64, 16384), (333, 1000, 8, 49)])
-def test_experts_kernel_gpu_bf16(no_reference_fallback, deterministic, n, d, k, n_experts):
-    check_experts(n, d, k, n_experts, torch.bfloat16, deterministic, repeat=True)
+def test_experts_kernel_gpu_bf16(no_reference_fallback, n, d, k, n_experts):
+    check_experts(n, d, k, n_experts, torch.bfloat16, repeat=True)
 
 
 @pytest.mark.gpu
-def test_deterministic_table_gradients_repeat_exactly():
+def test_experts_gradients_repeat_bitwise():
+    """The backward sums in a fixed order: two runs give identical bits (few hot experts,
+    so many pairs share one table row)."""
     inputs = on_device(*expert_inputs(2049, 512, 16, 64, torch.bfloat16))
     leaves = [t.requires_grad_() if t.is_floating_point() else t for t in inputs]
     g = torch.randn(2049, 512, device=DEVICE, dtype=torch.bfloat16)
-    torch.use_deterministic_algorithms(True)
-    try:
-        first = torch.autograd.grad(cdmoe_experts(*leaves), [leaves[3], leaves[4]], g)
-        second = torch.autograd.grad(cdmoe_experts(*leaves), [leaves[3], leaves[4]], g)
-    finally:
-        torch.use_deterministic_algorithms(False)
+    wrt = [leaves[0], leaves[2], leaves[3], leaves[4]]
+    first = torch.autograd.grad(cdmoe_experts(*leaves), wrt, g)
+    second = torch.autograd.grad(cdmoe_experts(*leaves), wrt, g)
     assert all(torch.equal(a, b) for a, b in zip(first, second))

@@ -130,18 +130,19 @@ _experts_op = register_op("cdmoe_experts", _experts_body, fake=_experts_fake)
 
 
 def _experts_bwd_body(
-    grad: Tensor, x: Tensor, indices: Tensor, weights: Tensor, down: Tensor, up: Tensor, deterministic: bool
+    grad: Tensor, x: Tensor, indices: Tensor, weights: Tensor, down: Tensor, up: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if use_triton(grad, x, indices, weights, down, up):
         try:
-            return cdmoe_experts_backward_triton(grad, x, indices, weights, down, up, deterministic)
+            return cdmoe_experts_backward_triton(grad, x, indices, weights, down, up)
         except Unsupported:
             pass
     # index_add_ of the reference: deterministic on CPU; on CUDA only if torch is asked to be
+    # (the Triton backward always is)
     return cdmoe_experts_backward_reference(grad, x, indices, weights, down, up)
 
 
-def _experts_bwd_fake(grad, x, indices, weights, down, up, deterministic):
+def _experts_bwd_fake(grad, x, indices, weights, down, up):
     return torch.empty_like(x), torch.empty_like(weights), torch.empty_like(down), torch.empty_like(up)
 
 
@@ -150,12 +151,11 @@ _experts_bwd_op = register_op("cdmoe_experts_bwd", _experts_bwd_body, fake=_expe
 
 def _experts_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
-    ctx.deterministic = torch.are_deterministic_algorithms_enabled()
 
 
 def _experts_backward(ctx, grad):
     x, indices, weights, down, up = ctx.saved_tensors
-    dx, dw, ddown, dup = _experts_bwd_op(grad.contiguous(), x, indices, weights, down, up, ctx.deterministic)
+    dx, dw, ddown, dup = _experts_bwd_op(grad.contiguous(), x, indices, weights, down, up)
     return dx, None, dw, ddown, dup
 
 
@@ -167,10 +167,8 @@ def cdmoe_experts(x: Tensor, indices: Tensor, weights: Tensor, down: Tensor, up:
 
     x (n, d); indices (n, k) int64 in [0, N) (values are the caller's contract: checking them
     would sync the host); weights (n, k); down, up (N, d); all floats of x's dtype on x's
-    device. Gradients reach x, weights, down and up. The Triton backward adds the down/up
-    table gradients atomically (run-to-run order varies); with
-    ``torch.use_deterministic_algorithms(True)`` on at the forward call it sums them per expert
-    in a fixed, sorted order instead.
+    device. Gradients reach x, weights, down and up. The Triton backward is deterministic:
+    the down/up table gradients are summed per expert in a fixed (sorted) order, no atomics.
     """
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     n, d = x.shape
