@@ -36,7 +36,7 @@ def bench(name, fn):
     try:
         fn()
         torch.cuda.synchronize()
-        ms = do_bench(fn, warmup=10, rep=60, return_mode="median")
+        ms = do_bench(fn, warmup=10, rep=40, return_mode="median")
         RESULTS[name] = {"ms": round(ms, 4)}
     except Exception as e:  # an anchor that fails is reported, not fatal
         RESULTS[name] = {"error": repr(e)[:300]}
@@ -199,10 +199,28 @@ def table():
     return "\n".join(lines)
 
 
+def use_probed_configs(path):
+    """Restrict the kernels' autotune configs to those ssd_probe_configs.py found correct."""
+    import triton
+
+    from wmzoo.kernels.ssd import triton_bwd, triton_fwd
+    with open(path) as fh:
+        good = [tuple(map(int, k.split(","))) for k, ok in json.load(fh).items() if ok]
+    RESULTS["configs"] = good
+    print("configs that passed the probe (num_warps, num_stages):", good, flush=True)
+    if not good:
+        raise SystemExit("no config of the SSD kernels runs correctly here")
+    for kernel in (triton_fwd._ssd_fwd_kernel, triton_bwd._ssd_bwd_forward_sweep, triton_bwd._ssd_bwd_reverse_sweep):
+        kernel.configs = [triton.Config({}, num_warps=w, num_stages=s) for w, s in good]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
+    ap.add_argument("--configs", help="probe.json of ssd_probe_configs.py: time only configs it passed")
     args = ap.parse_args()
+    if args.configs:
+        use_probed_configs(args.configs)
     RESULTS["env"] = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                       "triton": __import__("triton").__version__}
     print(RESULTS["env"], flush=True)
