@@ -6,15 +6,14 @@ Anchors (same run, same GPU): SDPA causal without bias (the ceiling), FlexAttent
 with the bias as score_mod (for windows: the exact window as mask_mod, block mask rebuilt every
 step, as training needs since the bias changes), SDPA with a materialized (B,H,T,T) bias, and
 flash-dmattn's Triton kernel. bf16, medians of triton.testing.do_bench. Correctness first: the
-kernels against a brute-force fp32 attention with the exact window (materialized T x T mask,
-small shapes) and, when importable, against wmzoo's reference op.
+kernels (forward and every gradient) against a brute-force fp32 attention with the exact window
+(materialized T x T mask from explicit rank counts, small shapes; dmattn_bruteforce.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -26,15 +25,7 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dmattn_bruteforce import bruteforce_dmattn, last_query_threshold  # noqa: E402
-try:
-    from wmzoo.kernels.dmattn import triton_backend  # noqa: E402
-except ImportError:  # the package's other DMAttn files have not landed: load the kernels alone
-    import types
-
-    _pkg = types.ModuleType("wmzoo")
-    _pkg.__path__ = [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "wmzoo")]
-    sys.modules["wmzoo"] = _pkg
-    from wmzoo.kernels.dmattn import triton_backend  # noqa: E402
+from wmzoo.kernels.dmattn import DMAttnCache, dmattn, triton_backend  # noqa: E402
 
 DEV = "cuda"
 RESULTS: dict = {}
@@ -54,27 +45,7 @@ def bench(name, fn, flops=None):
     return RESULTS[name].get("ms")
 
 
-class _WmzooFn(torch.autograd.Function):
-    """Autograd around the backend entry points (the public op when it is importable)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, bias, w, scale):
-        o, lse = triton_backend.forward(q, k, v, bias, None, w, scale)
-        ctx.save_for_backward(q, k, v, bias, o, lse)
-        ctx.w, ctx.scale = w, scale
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, bias, o, lse = ctx.saved_tensors
-        return (*triton_backend.backward(do.contiguous(), q, k, v, bias, o, lse, None, ctx.w, ctx.scale), None, None)
-
-
 def wmzoo_attn(q, k, v, bias, w):
-    try:
-        from wmzoo.kernels.dmattn import dmattn
-    except ImportError:
-        return _WmzooFn.apply(q, k, v, bias, w or 0, q.shape[-1] ** -0.5)
     return dmattn(q, k, v, bias, keep_window=w)
 
 
@@ -221,28 +192,14 @@ def decode():
     keep = (bias > tb) | ((bias == tb) & (pos >= ti))
     full_valid = torch.ones(B, HKV, T, device=DEV, dtype=torch.bool)
     masked_bias = bias.masked_fill(~keep, float("-inf"))
-    try:
-        from wmzoo.kernels.dmattn import DMAttnCache
-        cache = DMAttnCache.empty(B, HKV, D, keep_window=W, dtype=torch.bfloat16, device=DEV)
-        for s in range(0, T, 4096):
-            cache.update(k[:, s:s + 4096], v[:, s:s + 4096], bias[..., s:s + 4096])
-        full = DMAttnCache.empty(B, HKV, D, keep_window=None, dtype=torch.bfloat16, device=DEV)
-        full.update(k, v, bias)
-        o_win = cache.attend(q)
-        RESULTS["decode_cache_bytes"] = {"window": cache.memory_bytes(), "full": full.memory_bytes()}
-        bench("decode_attend_bounded_w2048_64K", lambda: cache.attend(q))
-    except Exception as e:
-        RESULTS["decode_cache_api"] = {"error": repr(e)[:300]}
-        # the bounded cache by hand: the kept slots only
-        idx = keep.nonzero()  # benchmark setup, not a kernel path
-        kc = torch.stack([k[0, :, hh][keep[0, hh]] for hh in range(HKV)], 1)[None]
-        vc = torch.stack([v[0, :, hh][keep[0, hh]] for hh in range(HKV)], 1)[None]
-        bc = torch.stack([bias[0, hh][keep[0, hh]] for hh in range(HKV)], 0)[None]
-        valid = torch.ones_like(bc, dtype=torch.bool)
-        o_win = triton_backend.decode(q, kc, vc, bc, valid, scale)
-        by = lambda *ts: sum(t.numel() * t.element_size() for t in ts)
-        RESULTS["decode_cache_bytes"] = {"window": by(kc, vc, bc, valid), "full": by(k, v, bias), "by_hand": True, "n": int(idx.shape[0])}
-        bench("decode_triton_bounded_w2048_64K", lambda: triton_backend.decode(q, kc, vc, bc, valid, scale))
+    cache = DMAttnCache.empty(B, HKV, D, keep_window=W, dtype=torch.bfloat16, device=DEV)
+    for s in range(0, T, 4096):
+        cache.update(k[:, s:s + 4096], v[:, s:s + 4096], bias[..., s:s + 4096])
+    full = DMAttnCache.empty(B, HKV, D, keep_window=None, dtype=torch.bfloat16, device=DEV)
+    full.update(k, v, bias)
+    o_win = cache.attend(q)
+    RESULTS["decode_cache_bytes"] = {"window": cache.memory_bytes(), "full": full.memory_bytes()}
+    bench("decode_attend_bounded_w2048_64K", lambda: cache.attend(q))
     o_full = triton_backend.decode(q, k, v, masked_bias, full_valid, scale)
     ref = F.scaled_dot_product_attention(q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float(),
                                          attn_mask=masked_bias[:, :, None, :]).transpose(1, 2)

@@ -19,9 +19,6 @@ import triton.language as tl
 from ..registry import INTERPRET
 from .triton_select import ranks_above
 
-LOG2E = 1.4426950408889634
-
-
 @triton.jit
 def block_bounds(pid_m, info_ptr, T, N_BLK, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr):
     """(sequence start, sequence end, first query) of query block pid_m."""
