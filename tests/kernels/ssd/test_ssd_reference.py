@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REL_TOL, assert_close
+from conftest import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wmzoo.kernels.ssd import ssd, ssd_step
 
 F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)  # every test draws the same numbers, run alone or in the suite
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,9 +227,9 @@ def packed_case(lengths, *, index_dtype=torch.int32, h0=True, rope=0, seed=0):
     args, extra = make_inputs(1, total, 4, 3, 6, 2, dtype=dtype, D=True, rope=rope, seed=seed)
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=index_dtype)
     if h0:
-        extra["initial_state"] = torch.randn(len(lengths), 4, 3, 6, dtype=F64).to(
-            F64 if dtype == F64 else torch.float32
-        )
+        gen = torch.Generator().manual_seed(seed + 1)
+        h0 = torch.randn(len(lengths), 4, 3, 6, generator=gen, dtype=F64)
+        extra["initial_state"] = h0.to(F64 if dtype == F64 else torch.float32)
     return args, extra, cu
 
 
