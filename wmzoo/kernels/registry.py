@@ -19,6 +19,7 @@ manner of xformers' ``not_supported_reasons``; the body then falls back to the r
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 
@@ -86,6 +87,21 @@ class Unsupported(Exception):
     """Raised by a Triton backend's check: the fast path cannot take this input, and why."""
 
 
+@contextlib.contextmanager
+def _autograd_inside_op():
+    """Re-admit autograd inside an op body.
+
+    The dispatcher runs an op body below autograd (its dispatch keys are excluded for the
+    call), so ``torch.enable_grad`` alone records nothing there and a recomputed reference
+    would silently yield zero gradients. (``torch.func.vjp`` would also work, but its wrapper
+    tensors break opcheck's schema check.)
+    """
+    include = torch._C._dispatch_tls_local_include_set()
+    exclude = torch._C._dispatch_tls_local_exclude_set().remove(torch._C.DispatchKey.AutogradFunctionality)
+    with torch._C._ForceDispatchKeyGuard(include, exclude), torch.enable_grad():
+        yield
+
+
 def reference_vjp(
     fn: Callable[..., Sequence[torch.Tensor] | torch.Tensor],
     inputs: Sequence[torch.Tensor | None],
@@ -96,9 +112,9 @@ def reference_vjp(
 
     This is the backward of every op's reference backend: the reference is the spec, so its
     autograd graph is the spec of the backward too. Float inputs get gradients; ``None`` and
-    integer inputs get ``None``.
+    integer inputs get ``None``. Works inside op bodies (see ``_autograd_inside_op``).
     """
-    with torch.enable_grad():
+    with _autograd_inside_op():
         leaves = [
             t.detach().requires_grad_(True) if t is not None and t.is_floating_point() else t
             for t in inputs
