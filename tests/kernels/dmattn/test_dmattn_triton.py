@@ -177,7 +177,8 @@ def test_public_op_autograd_through_triton(w):
 @pytest.mark.interpret
 def test_opcheck_on_triton_path():
     q, k, v, bias = small_inputs(21, seed=23)
-    for cu, w in ((None, 5), (None, 0), (torch.tensor([0, 8, 21], dtype=torch.int32), 3)):
+    # schema, fake and autograd registration: one dense call without window, one varlen with
+    for cu, w in ((None, 0), (torch.tensor([0, 8, 21], dtype=torch.int32), 3)):
         args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), bias.requires_grad_(), cu, w, 0.25)
         torch.library.opcheck(dmattn_fwd, args)
         o, lse = dmattn_fwd(*(x.detach() if isinstance(x, torch.Tensor) else x for x in args))
