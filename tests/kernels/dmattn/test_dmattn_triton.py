@@ -241,3 +241,27 @@ def test_gpu_bf16_matches_brute_force(t, w):
             assert got.abs().max() <= REL_TOL[torch.bfloat16], name
         else:
             assert_close(got, want, torch.bfloat16, name, factor=2.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("w", [None, 100])
+def test_gpu_compile_fullgraph_dynamic_matches_eager(w):
+    # on CUDA the op is a triton_op: Inductor traces the body, block tables and autotuned
+    # launches included
+    torch._dynamo.reset()
+
+    def fn(q, k, v, bias, cu):
+        return dmattn(q, k, v, bias, keep_window=w, cu_seqlens=cu).float().square().sum()
+
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True)
+    for t in (700, 1300):
+        gen = torch.Generator(device="cuda").manual_seed(t)
+        q = torch.randn(1, t, 8, 64, device="cuda", generator=gen).bfloat16().requires_grad_()
+        k, v = (torch.randn(1, t, 4, 64, device="cuda", generator=gen).bfloat16().requires_grad_() for _ in range(2))
+        bias = torch.randn(1, 4, t, device="cuda", generator=gen).requires_grad_()
+        cu = torch.tensor([0, t // 3, t], device="cuda", dtype=torch.int32)
+        inputs = [q, k, v, bias]
+        eager_grads = torch.autograd.grad(fn(*inputs, cu), inputs)
+        grads = torch.autograd.grad(compiled(*inputs, cu), inputs)
+        for name, g, e in zip(("dq", "dk", "dv", "dbias"), grads, eager_grads):
+            assert_close(g, e, torch.bfloat16, f"compiled {name}")
