@@ -8,7 +8,6 @@ branch depends on shapes, dtypes and the static keep_window only.
 
 from __future__ import annotations
 
-
 import torch
 import triton
 
