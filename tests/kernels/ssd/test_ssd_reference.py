@@ -166,6 +166,27 @@ def test_zero_initial_state_equals_none():
         assert_close(u, v, F64)
 
 
+def test_strong_decay_stays_finite_forward_and_backward():
+    """dt A down to -60 per step: decays underflow to exactly 0 across chunks; nothing may turn
+    into inf or NaN on the way (fp32, the dtype where it would)."""
+    args, extra = make_inputs(1, 90, 4, 3, 6, 2, dtype=torch.float32, h0=True, rope=4)
+    args["A"] = torch.tensor([-0.01, -1.0, -20.0, -60.0])
+    args["dt"] = torch.rand(1, 90, 4) + 0.5
+    leaves = {**args, "initial_state": extra.pop("initial_state")}
+    weights = (torch.randn(1, 90, 4, 3, dtype=F64), torch.randn(1, 4, 3, 6, dtype=F64))
+    got = grads_of(lambda **kw: ssd(**kw, **extra, chunk_size=32, return_final_state=True), leaves, weights)
+    def ref(x, dt, A, B, C, initial_state):
+        return loop_ssd(x, dt, A, B, C, None, initial_state, extra["rope_cos"], extra["rope_sin"])
+
+    want = grads_of(ref, leaves, weights)
+    y, final = ssd(**leaves, **extra, chunk_size=32, return_final_state=True)
+    y_ref, final_ref = ref(**leaves)
+    assert_close(y, y_ref, torch.float32, "y")
+    assert_close(final, final_ref, torch.float32, "final_state")
+    for name in leaves:
+        assert_close(got[name], want[name], torch.float32, f"d{name}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_low_precision_inputs(dtype):
     """y comes back in x's dtype, computed in fp32: error of the order of the input rounding."""
