@@ -114,7 +114,7 @@ def time_shape(b, t, h, p, n, g, *, compiled_ref):
             torch.autograd.grad(f(), leaves, dy)
         return run
 
-    chunks = (32, 64) if g == h and b == 4 else (64,)
+    chunks = (64,)
     for q in chunks:
         for rope in (False, True):
             rc, rs = (cos, sin) if rope else (None, None)
@@ -125,7 +125,7 @@ def time_shape(b, t, h, p, n, g, *, compiled_ref):
     if g == h and b == 4:  # does splitting p into blocks (more programs) pay? 0: never split
         from wmzoo.kernels.ssd import triton_backend
         default = triton_backend.MIN_PROGRAMS
-        for min_programs in (0, 1024):
+        for min_programs in (0,):
             triton_backend.MIN_PROGRAMS = min_programs
             bench(f"wmzoo_fwd_{tag}_c64_minprog{min_programs}", lambda: ssd(x, dt, A, B, C, chunk_size=64))
         triton_backend.MIN_PROGRAMS = default
