@@ -122,13 +122,6 @@ def time_shape(b, t, h, p, n, g, *, compiled_ref):
             suffix = f"{tag}_c{q}{'_rope' if rope else ''}"
             bench(f"wmzoo_fwd_{suffix}", f)
             bench(f"wmzoo_fwdbwd_{suffix}", fwdbwd(f))
-    if g == h and b == 4:  # does splitting p into blocks (more programs) pay? 0: never split
-        from wmzoo.kernels.ssd import triton_backend
-        default = triton_backend.MIN_PROGRAMS
-        for min_programs in (0,):
-            triton_backend.MIN_PROGRAMS = min_programs
-            bench(f"wmzoo_fwd_{tag}_c64_minprog{min_programs}", lambda: ssd(x, dt, A, B, C, chunk_size=64))
-        triton_backend.MIN_PROGRAMS = default
     try:
         mcs = mamba_fn()
         for q in (64, 256):

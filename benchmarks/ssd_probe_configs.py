@@ -17,9 +17,10 @@ import subprocess
 import sys
 
 CONFIGS = [(4, 1), (8, 1), (4, 2), (8, 2), (4, 3)]
-# (b, t, h, p, n, g, rope dim): p blocks of 16 (few programs), 32 and 64; RoPE halves of 16, 32.
-CASES = {"bp16_rope32": (2, 1000, 8, 64, 128, 8, 32), "bp16_n64": (2, 300, 8, 64, 64, 1, 0),
-         "bp32_rope64": (4, 512, 64, 64, 128, 64, 64), "bp64": (8, 512, 64, 64, 128, 64, 0)}
+# (b, t, h, p, n, g, rope dim). Before tiles were padded to triton_backend.MIN_TILE_CUDA these
+# gave p blocks of 16 (few programs), 16, 32 and 64 and RoPE halves of 16 and 32.
+CASES = {"few_programs_rope32": (2, 1000, 8, 64, 128, 8, 32), "few_programs_n64": (2, 300, 8, 64, 64, 1, 0),
+         "rope64": (4, 512, 64, 64, 128, 64, 64), "no_rope": (8, 512, 64, 64, 128, 64, 0)}
 
 
 def run_one(case: str, warps: int, stages: int) -> None:

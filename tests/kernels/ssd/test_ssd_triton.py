@@ -169,6 +169,21 @@ def test_forward_and_gradients_match_loop(t, dtype, rope, triton_calls):
 
 
 @pytest.mark.interpret
+def test_gpu_tile_padding_is_exact(monkeypatch, triton_calls):
+    """On CUDA every tile side is padded up to 64 (a Triton 3.6 Hopper miscompile, see
+    triton_backend.MIN_TILE_CUDA): run that padding here, p = 24 and the RoPE halves of 6 and
+    the rest of 8 channels all in 64-wide masked tiles."""
+    from wmzoo.kernels.ssd import triton_backend
+
+    monkeypatch.setattr(triton_backend, "MIN_TILE_CPU", triton_backend.MIN_TILE_CUDA)
+    args = make_inputs(1, 70, 2, 1, 24, 20, rope=12, seed=9)
+    weights = loss_weights(args)
+    got = run_op(args, 64, weights)
+    assert triton_calls["forward"] == 1 and triton_calls["backward"] == 1
+    assert_all_close(got, run_loop(args, weights), torch.float32)
+
+
+@pytest.mark.interpret
 @pytest.mark.parametrize("groups,rope", [(1, 0), (4, 32)])
 def test_matches_chunked_reference_without_optional_inputs(groups, rope, triton_calls):
     """No D, no initial state, no dfinal; g = 1, and g = h with all n = 32 channels rotated;

@@ -22,9 +22,18 @@ from .triton_step import _ssd_step_kernel
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_P = 128  # the backward keeps p x n states and several chunk x p tiles in registers
 MAX_N = 256
-CHUNK_SIZES = (16, 32, 64)  # tl.dot needs >= 16; 128 overflows shared memory / registers
+# The chunk is a tl.dot side too (see MIN_TILE_CUDA); 128 overflows shared memory / registers.
+CHUNK_SIZES_CUDA = (64,)
+CHUNK_SIZES_CPU = (16, 32, 64)
 # Fewer (sequence, head) programs than this and the forward splits p into blocks to fill the GPU.
 MIN_PROGRAMS = 264
+# Smallest tile side of any tl.dot. On the H200 with triton 3.6 (benchmarks/ssd_probe_configs.py,
+# docs/benchmarks/ssd.md) every probed config gave wrong results or illegal memory accesses
+# once some dot had a side of 16 or 32 (p blocks, RoPE halves), and every config was correct
+# with all sides >= 64; so on CUDA tiles are padded (masked) up to 64. tl.dot's own minimum,
+# 16, is kept on CPU, where the interpreter computes dots exactly.
+MIN_TILE_CUDA = 64
+MIN_TILE_CPU = 16
 
 
 def _check(x, dt, A, B, C, D, state, rope_cos, chunk_size: int | None) -> None:
@@ -43,8 +52,9 @@ def _check(x, dt, A, B, C, D, state, rope_cos, chunk_size: int | None) -> None:
         raise Unsupported(f"x: head dim p = {x.shape[-1]} > {MAX_P}")
     if B.shape[-1] > MAX_N:
         raise Unsupported(f"B: state size n = {B.shape[-1]} > {MAX_N}")
-    if chunk_size is not None and chunk_size not in CHUNK_SIZES:
-        raise Unsupported(f"chunk_size = {chunk_size} (the kernels take {CHUNK_SIZES})")
+    sizes = CHUNK_SIZES_CUDA if x.is_cuda else CHUNK_SIZES_CPU
+    if chunk_size is not None and chunk_size not in sizes:
+        raise Unsupported(f"chunk_size = {chunk_size} (the kernels take {sizes} on {x.device.type})")
 
 
 def _dot(x: torch.Tensor) -> int:
@@ -53,15 +63,20 @@ def _dot(x: torch.Tensor) -> int:
     return DOT_BF16 if x.dtype == torch.bfloat16 else DOT_FP16
 
 
-def _pow2(v: int) -> int:
-    return max(16, triton.next_power_of_2(v))  # tl.dot needs every dimension >= 16
+def _pow2(v: int, floor: int = 16) -> int:
+    return max(floor, triton.next_power_of_2(v))  # tl.dot needs every dimension >= 16
 
 
-def _tiles(p: int, n: int, half: int) -> dict:
-    """Tile sizes: p, and the n channels as segments lo, hi = [0, half), [half, 2 half), rest."""
+def _min_tile(x: torch.Tensor) -> int:
+    return MIN_TILE_CUDA if x.is_cuda else MIN_TILE_CPU
+
+
+def _tiles(p: int, n: int, half: int, floor: int) -> dict:
+    """Tile sizes: p, and the n channels as segments lo, hi = [0, half), [half, 2 half), rest.
+    An absent segment gets a nominal size; its code is compiled out (ROPE / REST false)."""
     rest = n - 2 * half
-    return dict(BLOCK_P=_pow2(p), HB=_pow2(half) if half else 16, RB=_pow2(rest) if rest else 16,
-                ROPE=half > 0, REST=rest > 0)
+    return dict(BLOCK_P=_pow2(p, floor), HB=_pow2(half, floor) if half else 16,
+                RB=_pow2(rest, floor) if rest else 16, ROPE=half > 0, REST=rest > 0)
 
 
 def _rope(rope_cos, rope_sin, dummy):
@@ -84,8 +99,8 @@ def forward(x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin, ch
     seqs = b if cu_seqlens is None else cu_seqlens.shape[0] - 1
     x, dt, B, C = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous()
     cos, sin, half = _rope(rope_cos, rope_sin, A)
-    tiles = _tiles(int(p), n, half)
-    while x.is_cuda and tiles["BLOCK_P"] > 16 and seqs * h * triton.cdiv(p, tiles["BLOCK_P"]) < MIN_PROGRAMS:
+    tiles = _tiles(int(p), n, half, _min_tile(x))
+    while x.is_cuda and tiles["BLOCK_P"] > MIN_TILE_CUDA and seqs * h * triton.cdiv(p, tiles["BLOCK_P"]) < MIN_PROGRAMS:
         tiles["BLOCK_P"] //= 2
     y = _output(x, cu_seqlens is not None)
     final = x.new_empty(seqs, h, p, n, dtype=torch.float32)
@@ -130,7 +145,7 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
     cos, sin, half = _rope(rope_cos, rope_sin, A)
     cu = A if cu_seqlens is None else cu_seqlens
     dfinal = A if dfinal_state is None else dfinal_state.contiguous()
-    common = dict(Q=chunk_size, DOT=_dot(x), **_tiles(int(p), n, half))
+    common = dict(Q=chunk_size, DOT=_dot(x), **_tiles(int(p), n, half, _min_tile(x)))
     grid = (seqs, h)
 
     dC_heads = _grad_buffer(C, h, varlen)
