@@ -29,7 +29,8 @@ def check_tensor(
     if shape is not None:
         for axis, (want, got) in enumerate(zip(shape, t.shape)):
             if want is not None and want != got:
-                exp = tuple("*" if s is None else s for s in shape)
+                dims = ["*" if s is None else str(s) for s in shape]
+                exp = "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
                 raise ValueError(
                     f"{name}: expected shape {exp}, got {tuple(t.shape)} (dimension {axis})"
                 )

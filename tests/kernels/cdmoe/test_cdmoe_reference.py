@@ -129,7 +129,7 @@ def test_bad_input_errors_name_the_argument():
         product_key_topk(q, keys, 6)
     with pytest.raises(ValueError, match=r"even retrieval dim R.*R=5"):
         product_key_topk(q[..., :5], keys, 2)
-    with pytest.raises(ValueError, match=r"sub_keys: expected shape \(2, 2, '\*', 3\)"):
+    with pytest.raises(ValueError, match=r"sub_keys: expected shape \(2, 2, \*, 3\)"):
         product_key_topk(q, keys[:, :, :, :2], 2)
     with pytest.raises(TypeError, match=r"sub_keys: expected dtype in \(float32\), got float64"):
         product_key_topk(q, keys.double(), 2)

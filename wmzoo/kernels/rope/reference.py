@@ -21,13 +21,13 @@ def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tor
     """Rotate the first ``2 * cos.shape[-1]`` channels of x (b, t, h, d) by the tables.
 
     cos, sin: (b, t, r/2) or (t, r/2), fp32. Pairs are (i, i + r/2) within the rotated prefix;
-    channels past r pass through. Computed in fp32, returned in x's dtype.
+    channels past r pass through. Computed in fp32 (fp64 for fp64 x), returned in x's dtype.
     """
     half = cos.shape[-1]
     if cos.ndim == 2:
         cos, sin = cos[None], sin[None]
     cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    xf = x.float()
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
     x1, x2, rest = xf[..., :half], xf[..., half : 2 * half], xf[..., 2 * half :]
     out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
     return out.to(x.dtype)

@@ -10,7 +10,6 @@ empty tensors (``empty_like_none``) and are turned back into ``None`` for autogr
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 
 import torch
@@ -35,21 +34,6 @@ except ModuleNotFoundError as err:  # no triton installed (or no backend written
 
 # fp64 is accepted where the contract says fp32, so that exactness can be tested in fp64.
 STATE_DTYPES = (torch.float32, torch.float64)
-
-
-@contextlib.contextmanager
-def _autograd_inside_op():
-    """Let ``registry.reference_vjp`` record a graph inside an op body.
-
-    The dispatcher runs an op body below autograd (the autograd dispatch keys are excluded
-    for the call), so there ``torch.enable_grad`` alone records nothing and ``reference_vjp``
-    would silently return zero gradients. This re-admits the autograd keys for the block.
-    (``torch.func.vjp`` would also work, but its wrapper tensors break opcheck's schema check.)
-    """
-    include = torch._C._dispatch_tls_local_include_set()
-    exclude = torch._C._dispatch_tls_local_exclude_set().remove(torch._C.DispatchKey.AutogradFunctionality)
-    with torch._C._ForceDispatchKeyGuard(include, exclude), torch.enable_grad():
-        yield
 
 
 def _triton(name: str, *tensors: Tensor | None):
@@ -137,16 +121,15 @@ def _ssd_bwd_body(
                                         cu_seqlens, rope_cos, rope_sin, chunk_size))
         except Unsupported:
             pass
-    with _autograd_inside_op():
-        grads = reference_vjp(
-            ssd_reference,
-            (x, dt, A, B, C, D, initial_state),
-            (dy, dfinal_state),
-            cu_seqlens=cu_seqlens,
-            rope_cos=rope_cos,
-            rope_sin=rope_sin,
-            chunk_size=chunk_size,
-        )
+    grads = reference_vjp(
+        ssd_reference,
+        (x, dt, A, B, C, D, initial_state),
+        (dy, dfinal_state),
+        cu_seqlens=cu_seqlens,
+        rope_cos=rope_cos,
+        rope_sin=rope_sin,
+        chunk_size=chunk_size,
+    )
     return _absent_to_empty(grads, x)
 
 
@@ -222,14 +205,13 @@ def _ssd_step_bwd_body(
     rope_sin: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     # A decode step is cheap and rarely differentiated: its backward is always the reference's.
-    with _autograd_inside_op():
-        grads = reference_vjp(
-            ssd_step_reference,
-            (state, x, dt, A, B, C, D),
-            (dy, dnew_state),
-            rope_cos=rope_cos,
-            rope_sin=rope_sin,
-        )
+    grads = reference_vjp(
+        ssd_step_reference,
+        (state, x, dt, A, B, C, D),
+        (dy, dnew_state),
+        rope_cos=rope_cos,
+        rope_sin=rope_sin,
+    )
     return _absent_to_empty(grads, x)
 
 
