@@ -119,3 +119,17 @@ def test_bad_settings_are_named():
         TrainConfig(steps=0)
     with pytest.raises(RuntimeError, match="device: expected a CUDA GPU") if not torch.cuda.is_available() else pytest.raises(Exception):
         Trainer(RECIPE.build(257), PackedBatches(np.arange(100, dtype=np.int32), 16, 4), TrainConfig(steps=1, batch_size=16, seq_len=4, device="cuda"))
+
+
+def test_mean_loss_is_the_token_weighted_cross_entropy(tokens):
+    from wmzoo.evaluate import mean_loss
+
+    model = RECIPE.build(257).double()
+    got = mean_loss(model, tokens[:200], seq_len=19, max_tokens=60, batch_size=2)  # 3 windows, 2 batches
+    ref = []
+    with torch.no_grad():
+        for i in range(3):
+            w = torch.from_numpy(tokens[i * 19 : (i + 1) * 19 + 1].astype(np.int64))
+            logp = model(w[None, :-1]).logits[0].double().log_softmax(-1)
+            ref.append(-logp.gather(-1, w[1:, None]))
+    assert got == pytest.approx(torch.cat(ref).mean().item(), rel=1e-10)

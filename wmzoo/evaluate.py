@@ -15,7 +15,8 @@ from .train import autocast
 
 
 @torch.no_grad()
-def mean_loss(model: CausalLM, tokens: np.ndarray, seq_len: int, max_tokens: int, device="cpu") -> float:
+def mean_loss(model: CausalLM, tokens: np.ndarray, seq_len: int, max_tokens: int, device="cpu",
+              batch_size: int = 16) -> float:
     """Token-weighted mean cross entropy over non-overlapping windows of ``seq_len`` from the
     start of ``tokens``, using at most ``max_tokens`` targets (at least one window)."""
     if len(tokens) <= seq_len:
@@ -23,10 +24,13 @@ def mean_loss(model: CausalLM, tokens: np.ndarray, seq_len: int, max_tokens: int
     device = torch.device(device)
     was_training = model.training
     model.eval()
+    windows = list(sequential_windows(tokens, seq_len, max(1, max_tokens // seq_len)))
     total, count = 0.0, 0
-    for x, y in sequential_windows(tokens, seq_len, max(1, max_tokens // seq_len)):
+    for i in range(0, len(windows), batch_size):  # equal-length windows batch without padding
+        x = torch.cat([w[0] for w in windows[i : i + batch_size]]).to(device)
+        y = torch.cat([w[1] for w in windows[i : i + batch_size]]).to(device)
         with autocast(device):
-            out = model(x.to(device), y.to(device))
+            out = model(x, y)
         total += out.ce_loss.item() * y.numel()
         count += y.numel()
     model.train(was_training)

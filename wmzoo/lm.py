@@ -64,7 +64,9 @@ class CausalLM(nn.Module):
             return LMOutput(logits)
         if targets.shape != tokens.shape:
             raise ValueError(f"targets: expected shape {tuple(tokens.shape)} (as tokens), got {tuple(targets.shape)}")
-        ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        # At least fp32 (bf16 logits under autocast), float64 stays float64.
+        acc = torch.promote_types(logits.dtype, torch.float32)
+        ce = F.cross_entropy(logits.to(acc).flatten(0, 1), targets.flatten())
         return LMOutput(logits, ce + ctx.aux_loss, ce)
 
     @torch.no_grad()
