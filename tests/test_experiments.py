@@ -212,11 +212,16 @@ def test_expert_speed_says_when_there_are_no_results_and_draws_when_there_are(tm
     monkeypatch.chdir(tmp_path)
     message = expert_speed.run(None, tmp_path / "out")
     assert "no CDMoE benchmark results found" in message and not (tmp_path / "out").exists()
-    rows = [{"method": m, "experts": n, "fwd_ms": 1.0 + n / 100, "fwd_bwd_ms": 3.0 + n / 50}
-            for m in ("moe", "peer", "cdmoe") for n in (16, 64, 256)]
-    (tmp_path / "bench.json").write_text(json.dumps({"results": rows}))
-    message = expert_speed.run(tmp_path / "bench.json", tmp_path / "out")
-    assert "9 rows" in message and (tmp_path / "out" / "expert_speed.png").stat().st_size > 0
+    # The benchmark's file layout (benchmarks/bench_cdmoe.py), with made-up times: this test
+    # checks the drawing and the ratio arithmetic, not any speed.
+    sweep = [{"N": n, "ratio": 1.0, "k": int(n**0.5), "loop": {"fwd_ms": 0.1 * n, "fwdbwd_ms": 0.3 * n},
+              "peer": {"fwd_ms": 2.0, "fwdbwd_ms": 6.0}, "wmzoo": {"fwd_ms": 1.0 + n / 1024, "fwdbwd_ms": 3.0}}
+             for n in (16, 64, 256, 1024)]
+    (tmp_path / "cdmoe.json").write_text(json.dumps({"env": {"device": "test"}, "sweep": sweep}))
+    message = expert_speed.run(tmp_path / "cdmoe.json", tmp_path / "out")
+    assert "4 rows" in message and (tmp_path / "out" / "expert_speed.png").stat().st_size > 0
+    assert "k = 32 (1.0 sqrt(N)): 51.2x" in message  # 102.4 ms / 2.0 ms
+    assert json.loads((tmp_path / "out" / "expert_speed.json").read_text())["sweep"] == sweep
 
 
 def test_report_from_smoke_results_through_the_module_entry_point(smoke_dir):
@@ -229,6 +234,7 @@ def test_report_from_smoke_results_through_the_module_entry_point(smoke_dir):
     assert "## RoPE in SSD: `rope_ssd-smoke.json`" in text and "A hand-written reading." in text
     assert "Not run: 64 of the paper grid's 64 cells" in text
     assert "## Expert speed" in text
+    assert "- `mqar --grid paper`: 64 cells x 4 learning rates" in text  # listed as not run
 
 
 def test_add_experiment_commands_plugs_into_another_cli():

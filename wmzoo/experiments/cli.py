@@ -73,7 +73,10 @@ def cmd_mqar(args) -> None:
     grid = mqar.GRIDS[args.grid]
     if args.steps:
         grid = replace(grid, steps=args.steps)
-    index, count = (int(v) for v in args.shard.split("/"))
+    try:
+        index, count = (int(v) for v in args.shard.split("/"))
+    except ValueError:
+        index, count = -1, 0
     if not 0 <= index < count:
         raise SystemExit(f"--shard: expected 'i/n' with 0 <= i < n, got {args.shard!r}")
     out = _out_dir(args, args.grid)

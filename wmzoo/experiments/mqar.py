@@ -65,6 +65,14 @@ GRIDS = {
     "gpu-reduced": Grid(seq_lens=(1024, 2048), widths=(64, 256), mixers=("dmattn", "attention", "ssd"),
                         lrs=(1e-3, 3e-3), steps=300, batch=32, test_examples=256,
                         notes="reduced grid for one 5-minute GPU call"),
+    # What a shared 2-core CPU can do in minutes: one short length, one width, one lr, 1000
+    # steps (Zoology-scale training is ~25k steps). Shows how far short training gets.
+    "cpu-probe": Grid(seq_lens=(64,), widths=(64,), lrs=(1e-3,), steps=1000, batch=32, vocab=256,
+                      test_examples=128, notes="CPU probe: one short length and width, 1000 steps, vocab 256"),
+    "cpu-probe-3k": Grid(seq_lens=(64,), widths=(64,), lrs=(1e-3,), steps=3000, batch=32, vocab=256,
+                         test_examples=128, notes="CPU probe: as cpu-probe, 3000 steps"),
+    "cpu-probe-v64": Grid(seq_lens=(64,), widths=(64,), lrs=(3e-3,), steps=2000, batch=32, vocab=64,
+                          test_examples=256, notes="CPU probe: length 64, 16 pairs, vocabulary 64, 2000 steps"),
     # Seconds on a CPU: exercises the whole pipeline, not the claim.
     "smoke": Grid(seq_lens=(24, 48), widths=(16, 32), lrs=(3e-3,), steps=3, batch=4, vocab=64,
                   test_examples=8, notes="pipeline check only"),
@@ -170,8 +178,9 @@ def pending_runs(grid: Grid, store: ResultStore, shard: tuple[int, int] = (0, 1)
 def run_grid(grid: Grid, store: ResultStore, device=None, shard=(0, 1), max_minutes=None, command="",
              log=print) -> None:
     device = pick_device(device)
-    store.start(asdict(grid), experiment="mqar", hardware=hardware(), command=command,
-                      kv_pairs={t: MQARTask(t, vocab=grid.vocab).pairs for t in grid.seq_lens})
+    store.start(asdict(grid), axes=("seq_lens", "widths", "mixers", "lrs", "notes"), experiment="mqar",
+                hardware=hardware(), command=command,
+                kv_pairs={t: MQARTask(t, vocab=grid.vocab).pairs for t in grid.seq_lens})
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     for m, t, d, lr in pending_runs(grid, store, shard):
         if deadline is not None and time.monotonic() > deadline:

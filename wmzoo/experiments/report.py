@@ -11,8 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from . import mqar, rope_ssd
-from .expert_speed import CANDIDATES
+from . import expert_speed, mqar, rope_ssd
 
 HEADER = """\
 # Experiments: reproducing the paper's claims
@@ -155,33 +154,78 @@ def rope_ssd_section(path: Path, doc_dir: Path) -> str:
 
 
 def expert_speed_section(results_dir: Path, doc_dir: Path) -> str:
-    png = results_dir / "expert_speed.png"
+    path = results_dir / "expert_speed.json"
     lines = ["## Expert speed", ""]
-    if not png.exists():
+    if not path.exists():
         lines += ["Not drawn: no CDMoE benchmark results were found (looked for "
-                  + ", ".join(f"`{c}`" for c in CANDIDATES) + "). The figure needs "
+                  + ", ".join(f"`{c}`" for c in expert_speed.CANDIDATES) + "). The figure needs "
                   "`benchmarks/bench_cdmoe.py` run on a GPU, then `python -m wmzoo.experiments expert-speed`.", ""]
-    else:
-        lines += ["From the CDMoE benchmark's results (its page in `docs/benchmarks/cdmoe.md` has the command, "
-                  "GPU and versions). Paper: CDMoE forward 8-10x faster than a per-expert-loop MoE at 1024 "
-                  "experts, about as fast as PEER.", "", f"![Expert speed]({_rel(png, doc_dir)})", ""]
-    lines.append(_notes(png))
+        return "\n".join(lines)
+    data = _load(path)
+    env = data.get("env") or {}
+    png = path.with_suffix(".png")
+    if not png.exists():
+        expert_speed.plot(data, png)
+    lines += [
+        f"- Command: `python benchmarks/bench_cdmoe.py --out <dir>` on the GPU, then "
+        f"`python -m wmzoo.experiments expert-speed --results <dir>/cdmoe.json` (source: `{data.get('source')}`; "
+        "the benchmark's own page, `docs/benchmarks/cdmoe.md`, has the anchors and their ratios)",
+        f"- Hardware: {env.get('device')}; torch {env.get('torch')}, triton {env.get('triton')}; "
+        f"{env.get('tokens')} tokens, d {env.get('d')}, {env.get('dtype')}",
+        "- Protocol: N single-neuron experts, k = ratio x sqrt(N) active per token, one retrieval head; "
+        "medians of triton's do_bench",
+        "",
+        expert_speed.markdown_table(data),
+        f"![Expert speed]({_rel(png, doc_dir)})",
+        "",
+        "Paper vs ours: " + expert_speed.claim(data) + ".",
+        "",
+        _notes(path),
+    ]
+    return "\n".join(lines)
+
+
+def not_run_section(results_dir: Path) -> str:
+    """The GPU-sized runs with no result file, and the commands that would make them."""
+    lines = ["## Not run yet, and how to run it", ""]
+    todo = [f"- `mqar --grid {g}`: {len(grid.cells())} cells x {len(grid.lrs)} learning rates, {grid.steps} steps"
+            for g, grid in mqar.GRIDS.items() if g != "smoke" and not g.startswith("cpu-probe")
+            and not (results_dir / f"mqar-{g}.json").exists()]
+    todo += [f"- `rope-ssd --config {c}`: {len(cfg.seeds)} seed(s) per arm, d {cfg.d_model}, {cfg.layers} layers, "
+             f"{cfg.steps} steps" for c, cfg in rope_ssd.CONFIGS.items() if c not in ("smoke", "cpu-probe")
+             and not (results_dir / f"rope_ssd-{c}.json").exists()]
+    if not todo:
+        return "\n".join(lines + ["Every GPU-sized configuration has a result file.", ""])
+    lines += todo + [
+        "",
+        "On a GPU, from the repository root (each command resumes where a previous one stopped;",
+        "shards of one grid may run at the same time, they share the result file):",
+        "",
+        "```",
+        "for i in 0 1 2 3; do python -m wmzoo.experiments mqar --grid paper --shard $i/4 & done; wait",
+        "python -m wmzoo.experiments rope-ssd --config paper --data path/to/python311-docs-rst.tar.gz",
+        "python -m wmzoo.experiments expert-speed --results <bench_cdmoe out>/cdmoe.json",
+        "python -m wmzoo.experiments report",
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def _ordered(paths: list[Path]) -> list[Path]:
-    rank = {"paper": 0, "gpu-reduced": 1}
-    return sorted(paths, key=lambda p: (rank.get(p.stem.split("-", 1)[-1], 2), p.name))
+    rank = {"paper": 0, "gpu-reduced": 1, "cpu-probe-v64": 2, "cpu-probe": 3, "cpu-probe-3k": 4}
+    return sorted(paths, key=lambda p: (rank.get(p.stem.split("-", 1)[-1], 5), p.name))
 
 
 def render(results_dir: Path, doc_dir: Path) -> str:
     results_dir, doc_dir = Path(results_dir), Path(doc_dir)
     parts = [HEADER]
     mqar_files = _ordered(list(results_dir.glob("mqar-*.json")))
-    rope_files = [p for p in _ordered(list(results_dir.glob("rope_ssd-*.json")))]
+    rope_files = _ordered(list(results_dir.glob("rope_ssd-*.json")))
     parts += [mqar_section(p, doc_dir) for p in mqar_files] or ["## MQAR\n\nNot run: no result file.\n"]
     parts += [rope_ssd_section(p, doc_dir) for p in rope_files] or ["## RoPE in SSD\n\nNot run: no result file.\n"]
     parts.append(expert_speed_section(results_dir, doc_dir))
+    parts.append(not_run_section(results_dir))
     general = results_dir / "README.notes.md"
     if general.exists():
         parts.append(general.read_text().strip() + "\n")

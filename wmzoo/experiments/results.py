@@ -8,6 +8,7 @@ finished cell, and a rerun skips the cells already present (issue 7: "resumable 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -55,14 +56,17 @@ class ResultStore:
             data.setdefault("errors", {})[key] = f"{type(error).__name__}: {error}"[:2000]
             self._write(data)
 
-    def start(self, protocol: dict[str, Any], **meta: Any) -> None:
+    def start(self, protocol: dict[str, Any], axes: tuple[str, ...] = (), **meta: Any) -> None:
         """Record the protocol of a run into this file; refuse a file whose stored runs were
-        made under another protocol (mixing them would compare unlike runs)."""
+        made under another protocol (mixing them would compare unlike runs). ``axes`` name the
+        keys that only choose which runs exist (seeds, grid axes): changing them adds runs and
+        keeps every stored one valid."""
         protocol = json.loads(json.dumps(protocol))  # tuples -> lists, as stored
         data = self.load()
         old = data["meta"].get("protocol")
-        if data["records"] and old is not None and old != protocol:
-            changed = sorted(k for k in set(old) | set(protocol) if old.get(k) != protocol.get(k))
+        changed = sorted(k for k in set(old or {}) | set(protocol)
+                         if k not in axes and (old or {}).get(k) != protocol.get(k))
+        if data["records"] and old is not None and changed:
             raise ValueError(
                 f"out: {self.path} holds runs made with another protocol (differs in {', '.join(changed)}); "
                 "choose another output folder or delete that file"
@@ -78,7 +82,10 @@ class ResultStore:
     @contextmanager
     def _locked(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+        # The lock lives in the temp folder, keyed by the file's absolute path, so result
+        # folders (docs/experiments) hold only results.
+        key = hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:16]
+        with open(Path(tempfile.gettempdir()) / f"wmzoo-results-{key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
