@@ -83,7 +83,7 @@ CASES = [  # (t, h, hkv, d, window)
 def test_forward_matches_brute_force(t, h, hkv, d, w, ties):
     q, k, v, bias = make(2 if t < 200 else 1, t, h, hkv, d, ties=ties, seed=t + d)
     o_ref, lse_ref = brute_force(q, k, v, bias, w)
-    o, lse = FWD(q, k, v, bias, None, w or 0, d**-0.5)
+    o, lse, *_ = FWD(q, k, v, bias, None, w or 0, d**-0.5)
     assert_close(o, o_ref, torch.float64, "o")
     assert lse.dtype == torch.float32
     assert_close(lse, lse_ref, torch.float32, "lse")
@@ -169,7 +169,7 @@ def test_varlen_matches_separate_sequences(dtype, w):
 def test_varlen_lse_matches_brute_force():
     q, k, v, bias = make(1, 90, 2, 1, 16, seed=17)
     cu = torch.tensor(CU)
-    o, lse = FWD(q, k, v, bias, cu, 4, 0.25)
+    o, lse, *_ = FWD(q, k, v, bias, cu, 4, 0.25)
     o_ref, lse_ref = brute_force(q, k, v, bias, 4, scale=0.25, cu_seqlens=cu)
     assert_close(o, o_ref, torch.float64, "varlen o")
     assert_close(lse, lse_ref, torch.float32, "varlen lse")
@@ -201,9 +201,11 @@ def test_opcheck():
     for cu, w in ((None, 5), (None, 0), (torch.tensor([0, 8, 21]), 3)):
         args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), bias.requires_grad_(), cu, w, 0.25)
         torch.library.opcheck(FWD, args)
-        o, lse = FWD(*(x.detach() if isinstance(x, torch.Tensor) else x for x in args))
+        o, lse, *lists = FWD(*(x.detach() if isinstance(x, torch.Tensor) else x for x in args))
+        # the reference makes no window selection: its list outputs are empty stand-ins
+        assert [(x.numel(), x.dtype) for x in lists] == [(0, torch.int32), (0, torch.float32), (0, torch.int32)]
         do = torch.randn_like(o)
-        torch.library.opcheck(BWD, (do, q.detach(), k.detach(), v.detach(), bias.detach(), o, lse, cu, w, 0.25))
+        torch.library.opcheck(BWD, (do, q.detach(), k.detach(), v.detach(), bias.detach(), o, lse, *lists, cu, w, 0.25))
 
 
 def test_op_bodies_trace_with_symbolic_shapes():
@@ -216,8 +218,8 @@ def test_op_bodies_trace_with_symbolic_shapes():
     q, k, v, bias = make(1, 21, 4, 2, 16, dtype=torch.float32, seed=31)
     cu = torch.tensor([0, 8, 21])
     make_fx(lambda *a: _fwd_body(*a, 5, 0.25), tracing_mode="symbolic")(q, k, v, bias, cu)
-    o, lse = _fwd_body(q, k, v, bias, cu, 5, 0.25)
-    make_fx(lambda *a: _bwd_body(*a, 5, 0.25), tracing_mode="symbolic")(o, q, k, v, bias, o, lse, cu)
+    o, lse, *lists = _fwd_body(q, k, v, bias, cu, 5, 0.25)
+    make_fx(lambda *a: _bwd_body(*a, 5, 0.25), tracing_mode="symbolic")(o, q, k, v, bias, o, lse, *lists, cu)
 
 
 @pytest.mark.parametrize("varlen", [False, True])

@@ -60,8 +60,9 @@ def run_case(b, t, h, hkv, d, w, dtype, bias_kind="normal", cu=None, seed=0):
     do = torch.randn(b, t, h, d, generator=gen).to(dtype)
     scale = 0.8 * d**-0.5
     cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)
-    o, lse = triton_backend.forward(q, k, v, bias, cut, w or 0, scale)
-    grads = triton_backend.backward(do, q, k, v, bias, o, lse, cut, w or 0, scale)
+    o, lse, lists = triton_backend.forward_with_window(q, k, v, bias, cut, w or 0, scale)
+    assert (lists is None) == (w is None or w >= t)
+    grads = triton_backend.backward(do, q, k, v, bias, o, lse, *(lists or (None,) * 3), cut, w or 0, scale)
     leaves = [x.double().requires_grad_() for x in (q, k, v, bias)]
     o_ref, lse_ref = brute_force(*leaves, w, scale, cu)
     ref_grads = torch.autograd.grad(o_ref, leaves, do.double())
@@ -181,9 +182,27 @@ def test_opcheck_on_triton_path():
     for cu, w in ((None, 0), (torch.tensor([0, 8, 21], dtype=torch.int32), 3)):
         args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), bias.requires_grad_(), cu, w, 0.25)
         torch.library.opcheck(dmattn_fwd, args)
-        o, lse = dmattn_fwd(*(x.detach() if isinstance(x, torch.Tensor) else x for x in args))
+        o, lse, *lists = dmattn_fwd(*(x.detach() if isinstance(x, torch.Tensor) else x for x in args))
+        if w:  # the selection, shaped from input shapes and w alone (n_blocks: 21/32 -> 1, + 2 seqs)
+            assert [tuple(x.shape) for x in lists] == [(1, 2, 3, w), (1, 2, 3, w), (1, 2, 21)]
         do = torch.randn_like(o)
-        torch.library.opcheck(dmattn_bwd, (do, q.detach(), k.detach(), v.detach(), bias.detach(), o, lse, cu, w, 0.25))
+        torch.library.opcheck(dmattn_bwd, (do, q.detach(), k.detach(), v.detach(), bias.detach(), o, lse, *lists, cu, w, 0.25))
+
+
+@pytest.mark.interpret
+def test_training_step_selects_once(monkeypatch):
+    """The backward reuses the forward's window selection (saved as op outputs): one selection
+    per forward+backward, and the gradients still match the brute force."""
+    calls = []
+    select = triton_backend.select_window
+    monkeypatch.setattr(triton_backend, "select_window", lambda *a: calls.append(1) or select(*a))
+    inputs = [x.requires_grad_() for x in small_inputs(45, seed=5)]
+    grads = torch.autograd.grad(dmattn(*inputs, keep_window=7).square().sum(), inputs)
+    assert len(calls) == 1
+    leaves = [x.detach().double().requires_grad_() for x in inputs]
+    ref, _ = brute_force(*leaves, 7, 16**-0.5)
+    for name, g, r in zip(("dq", "dk", "dv", "dbias"), grads, torch.autograd.grad(ref.square().sum(), leaves)):
+        assert_close(g, r, torch.float32, name, factor=2.0)
 
 
 @pytest.mark.interpret
@@ -230,8 +249,8 @@ def test_gpu_bf16_matches_brute_force(t, w):
     k, v = torch.randn(2, b, t, hkv, d, device="cuda", generator=gen).bfloat16()
     bias = (torch.randn(b, hkv, t, device="cuda", generator=gen) * 2).round()
     do = torch.randn(b, t, h, d, device="cuda", generator=gen).bfloat16()
-    o, lse = triton_backend.forward(q, k, v, bias, None, w or 0, d**-0.5)
-    grads = triton_backend.backward(do, q, k, v, bias, o, lse, None, w or 0, d**-0.5)
+    o, lse, lists = triton_backend.forward_with_window(q, k, v, bias, None, w or 0, d**-0.5)
+    grads = triton_backend.backward(do, q, k, v, bias, o, lse, *(lists or (None,) * 3), None, w or 0, d**-0.5)
     leaves = [x.cpu().double().requires_grad_() for x in (q, k, v, bias)]
     o_ref, _ = brute_force(*leaves, w, d**-0.5)
     ref_grads = torch.autograd.grad(o_ref, leaves, do.cpu().double())

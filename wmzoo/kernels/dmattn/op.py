@@ -6,6 +6,10 @@ Bodies run the Triton backend when ``use_triton`` says so and the backend accept
 (else ``Unsupported`` sends them to the reference). The reference backward is written out in
 reference.py (``registry.reference_vjp`` would record nothing inside an op body, which runs
 below the autograd dispatch keys).
+
+``dmattn_fwd`` also returns the Triton forward's window selection (kept lists, their biases,
+per-query thresholds), saved for ``dmattn_bwd``, so a training step selects once; they are
+non-differentiable, and empty where no selection was made (reference path, no window).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..checks import FLOAT_DTYPES, check_cu_seqlens, check_divides, check_positive, check_tensor
-from ..registry import Unsupported, register_op, use_triton
+from ..registry import Unsupported, empty_like_none, register_op, use_triton
 from .reference import dmattn_reference, dmattn_reference_backward
 
 try:  # the Triton backend is optional: without triton the reference serves every device
@@ -31,26 +35,39 @@ def _window(keep_window: int) -> int | None:
     return keep_window if keep_window > 0 else None
 
 
-def _reference_fwd(q, k, v, bias, cu_seqlens, keep_window, scale):
-    return dmattn_reference(q, k, v, bias, keep_window=_window(keep_window), scale=scale,
-                            cu_seqlens=cu_seqlens)
+def _no_window_lists(q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The (kept, kept_bias, theta) outputs when no window selection was made (reference path,
+    no window): empty, in the dtypes of the real lists, since op schemas cannot return None."""
+    none = empty_like_none(q)
+    return none.to(torch.int32), none.to(torch.float32), none.to(torch.int32)
 
 
 def _fwd_body(
     q: Tensor, k: Tensor, v: Tensor, bias: Tensor, cu_seqlens: Optional[Tensor],
     keep_window: int, scale: float,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """o, lse and the window selection (kept, kept_bias, theta, as triton_select writes them),
+    returned so that the backward need not select again."""
     if triton_backend is not None and use_triton(q, k, v, bias, cu_seqlens):
         try:
-            return triton_backend.forward(q, k, v, bias, cu_seqlens, keep_window, scale)
+            o, lse, lists = triton_backend.forward_with_window(q, k, v, bias, cu_seqlens, keep_window, scale)
+            return o, lse, *(lists or _no_window_lists(q))
         except Unsupported:
             pass
-    return _reference_fwd(q, k, v, bias, cu_seqlens, keep_window, scale)
+    o, lse = dmattn_reference(q, k, v, bias, keep_window=_window(keep_window), scale=scale,
+                              cu_seqlens=cu_seqlens)
+    return o, lse, *_no_window_lists(q)
 
 
 def _fwd_fake(q, k, v, bias, cu_seqlens, keep_window, scale):
     b, t, h, d = q.shape
-    return q.new_empty(b, t, h, d), q.new_empty(b, h, t, dtype=torch.float32)
+    lists = None
+    if triton_backend is not None and use_triton(q, k, v, bias, cu_seqlens):
+        try:  # the same decision as the body, from metadata alone
+            lists = triton_backend.empty_window_lists(q, k, v, bias, cu_seqlens, keep_window)
+        except Unsupported:
+            pass
+    return q.new_empty(b, t, h, d), q.new_empty(b, h, t, dtype=torch.float32), *(lists or _no_window_lists(q))
 
 
 _fwd_op = register_op("dmattn_fwd", _fwd_body, fake=_fwd_fake)
@@ -58,18 +75,21 @@ _fwd_op = register_op("dmattn_fwd", _fwd_body, fake=_fwd_fake)
 
 def _bwd_body(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, o: Tensor, lse: Tensor,
+    kept: Tensor, kept_bias: Tensor, theta: Tensor,
     cu_seqlens: Optional[Tensor], keep_window: int, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The Triton backward reuses the forward's window selection (kept, kept_bias, theta)."""
     if triton_backend is not None and use_triton(do, q, k, v, bias, cu_seqlens):
         try:
-            return triton_backend.backward(do, q, k, v, bias, o, lse, cu_seqlens, keep_window, scale)
+            return triton_backend.backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta,
+                                           cu_seqlens, keep_window, scale)
         except Unsupported:
             pass
     return dmattn_reference_backward(do, q, k, v, bias, keep_window=_window(keep_window),
                                      scale=scale, cu_seqlens=cu_seqlens)
 
 
-def _bwd_fake(do, q, k, v, bias, o, lse, cu_seqlens, keep_window, scale):
+def _bwd_fake(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep_window, scale):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(bias)
 
 
@@ -78,16 +98,17 @@ _bwd_op = register_op("dmattn_bwd", _bwd_body, fake=_bwd_fake)
 
 def _setup_context(ctx, inputs, output):
     q, k, v, bias, cu_seqlens, keep_window, scale = inputs
-    o, lse = output
-    ctx.save_for_backward(q, k, v, bias, o, lse, cu_seqlens)
+    o, lse, kept, kept_bias, theta = output
+    ctx.save_for_backward(q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens)
     ctx.keep_window, ctx.scale = keep_window, scale
-    ctx.mark_non_differentiable(lse)
+    ctx.mark_non_differentiable(lse, kept, kept_bias, theta)
+    ctx.set_materialize_grads(False)  # no zero grads allocated for the non-differentiable outputs
 
 
-def _backward(ctx, do, _dlse):
-    q, k, v, bias, o, lse, cu_seqlens = ctx.saved_tensors
-    dq, dk, dv, dbias = _bwd_op(do.contiguous(), q, k, v, bias, o, lse, cu_seqlens,
-                                ctx.keep_window, ctx.scale)
+def _backward(ctx, do, _dlse, _dkept, _dkept_bias, _dtheta):
+    q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv, dbias = _bwd_op(do.contiguous(), q, k, v, bias, o, lse, kept, kept_bias, theta,
+                                cu_seqlens, ctx.keep_window, ctx.scale)
     return dq, dk, dv, dbias, None, None, None
 
 
@@ -126,6 +147,5 @@ def dmattn(
     elif not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0):
         raise ValueError(f"scale: expected a number > 0, got {scale!r}")
     check_cu_seqlens(cu_seqlens, b, t, q.device)
-    o, _ = _fwd_op(q.contiguous(), k.contiguous(), v.contiguous(), bias.contiguous(), cu_seqlens,
-                   keep_window or 0, float(scale))
-    return o
+    return _fwd_op(q.contiguous(), k.contiguous(), v.contiguous(), bias.contiguous(), cu_seqlens,
+                   keep_window or 0, float(scale))[0]

@@ -62,13 +62,31 @@ def _flags(q: torch.Tensor, d: int) -> dict:
                 IEEE=q.dtype == torch.float32)
 
 
-def _window_lists(bias, w, layout):
-    if w:
-        return select_window(bias, w, BLOCK_M, layout)
-    return layout.blk_info, layout.blk_info, layout.blk_info  # placeholders, never read
+def empty_window_lists(q, k, v, bias, cu_seqlens, keep_window: int):
+    """Uninitialized (kept, kept_bias, theta) of the shapes ``forward_with_window`` returns when
+    the kernels take this input with a window, else None; raises ``Unsupported`` as ``forward``.
+    For the op's fake: every shape follows from input shapes and keep_window (block_layout
+    builds its tables with device ops only, so it runs on fake tensors without host syncs)."""
+    _check(q, k, v, bias)
+    b, t = q.shape[:2]
+    hkv = k.shape[2]
+    w = _window(keep_window, t)
+    if not w:
+        return None
+    n_blocks = block_layout(t, cu_seqlens, BLOCK_M, q.device).n_blocks
+    return (q.new_empty((b, hkv, n_blocks, w), dtype=torch.int32),
+            q.new_empty((b, hkv, n_blocks, w), dtype=torch.float32),
+            q.new_empty((b, hkv, t), dtype=torch.int32))
 
 
 def forward(q, k, v, bias, cu_seqlens, keep_window: int, scale: float):
+    """o, lse (for callers that do not run a backward)."""
+    return forward_with_window(q, k, v, bias, cu_seqlens, keep_window, scale)[:2]
+
+
+def forward_with_window(q, k, v, bias, cu_seqlens, keep_window: int, scale: float):
+    """o, lse and the window selection (kept, kept_bias, theta; see triton_select), which the
+    backward takes instead of selecting again; None instead of the selection without a window."""
     _check(q, k, v, bias)
     q, k, v, bias = _rows(q), _rows(k), _rows(v), bias.contiguous()
     b, t, h, d = q.shape
@@ -77,7 +95,8 @@ def forward(q, k, v, bias, cu_seqlens, keep_window: int, scale: float):
     layout = block_layout(t, cu_seqlens, BLOCK_M, q.device)
     o = torch.empty_like(q)
     lse = torch.empty((b, h, t), dtype=torch.float32, device=q.device)
-    kept, kept_bias, theta = _window_lists(bias, w, layout)
+    lists = select_window(bias, w, BLOCK_M, layout) if w else None
+    kept, kept_bias, theta = lists or (layout.blk_info,) * 3  # placeholders without a window, never read
     launch(fwd_kernel)[(layout.n_blocks, b * h)](
         q, k, v, bias, o, lse, layout.blk_info, kept, kept_bias, theta,
         scale, t, d, h, h // hkv, max(w, 1), layout.n_blocks,
@@ -87,10 +106,13 @@ def forward(q, k, v, bias, cu_seqlens, keep_window: int, scale: float):
         theta.stride(0) if w else 0, theta.stride(1) if w else 0,
         VARLEN=layout.varlen, WINDOW=bool(w), BLOCK_M=BLOCK_M, **_flags(q, d),
     )
-    return o, lse
+    return o, lse, lists
 
 
-def backward(do, q, k, v, bias, o, lse, cu_seqlens, keep_window: int, scale: float):
+def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep_window: int,
+             scale: float):
+    """dq, dk, dv, dbias; with a window, from the forward's selection (kept, kept_bias, theta),
+    which are ignored without one."""
     _check(q, k, v, bias)
     do, q, k, v, o = _rows(do), _rows(q), _rows(k), _rows(v), _rows(o)
     bias_c = bias.contiguous()
@@ -103,7 +125,13 @@ def backward(do, q, k, v, bias, o, lse, cu_seqlens, keep_window: int, scale: flo
     delta = (o.float() * do.float()).sum(-1).transpose(1, 2).contiguous()  # (b, h, t)
     layout = block_layout(t, cu_seqlens, BLOCK_M, q.device)
     dq = torch.empty_like(q)
-    kept, kept_bias, theta = _window_lists(bias_c, w, layout)
+    if w and (kept.dim() != 4 or kept.shape[-1] != w):  # static shapes only: no sync, no guard
+        raise Unsupported(f"kept: shape {tuple(kept.shape)}, expected the forward's window lists "
+                          f"(b, hkv, blocks, {w})")
+    if w:
+        kept, kept_bias, theta = kept.contiguous(), kept_bias.contiguous(), theta.contiguous()
+    else:
+        kept = kept_bias = theta = layout.blk_info  # placeholders, never read
     if w:  # accumulated with atomics by the query-major kernel
         dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
