@@ -71,7 +71,9 @@ class ResultStore:
                 f"out: {self.path} holds runs made with another protocol (differs in {', '.join(changed)}); "
                 "choose another output folder or delete that file"
             )
-        self.update_meta(protocol=protocol, **meta)
+        command = meta.pop("command", "")
+        commands = [c for c in data["meta"].get("commands", []) if c != command] + ([command] if command else [])
+        self.update_meta(protocol=protocol, commands=commands, **meta)
 
     def update_meta(self, **meta: Any) -> None:
         with self._locked():
