@@ -86,6 +86,8 @@ def _bwd_q_kernel(
     do = load_rows(do_ptr, offs_m, row_ok, s_dot, offs_d, D, UPCAST)
     lse2 = tl.load(lse_ptr + bi64 * s_lb + hq * s_lh + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
     delta = tl.load(delta_ptr + bi64 * s_lb + hq * s_lh + offs_m, mask=row_ok, other=0.0)
+    # Inductor may hand a float argument over as fp64 (dynamic shapes); keep the math fp32.
+    sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if WINDOW:
@@ -153,6 +155,8 @@ def _bwd_kv_kernel(
     k = load_rows(k_ptr, offs_n, col_ok, s_kt, offs_d, D, UPCAST)
     v = load_rows(v_ptr, offs_n, col_ok, s_vt, offs_d, D, UPCAST)
     bj = tl.load(b_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * 1.4426950408889634
+    # Inductor may hand a float argument over as fp64 (dynamic shapes); keep the math fp32.
+    sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)

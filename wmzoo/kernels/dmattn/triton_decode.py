@@ -26,6 +26,7 @@ def _decode_kernel(
     hq = pid_bh % H
     hk = hq // G
     bi64 = bi.to(tl.int64)
+    sm_scale = tl.cast(sm_scale, tl.float32)  # fp64 when a compiled caller passes a float
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     q = tl.load(q_ptr + bi64 * s_qb + hq * s_qh + offs_d, mask=d_ok, other=0.0).to(tl.float32)

@@ -92,6 +92,8 @@ def _fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < end
     q = load_rows(q_ptr, offs_m, row_ok, s_qt, offs_d, D, UPCAST)
+    # Inductor may hand a float argument over as fp64 (dynamic shapes); keep the math fp32.
+    sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
