@@ -38,8 +38,17 @@ def checkpoint(data, tmp_path_factory):
 
 def test_help_lists_the_commands():
     out = subprocess.run([sys.executable, "-m", "wmzoo.cli", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("train", "generate", "eval", "info"):
+    for command in ("train", "generate", "eval", "info", "experiment"):
         assert command in out
+
+
+def test_experiment_commands_are_wired_into_wmzoo(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["experiment", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("mqar", "rope-ssd", "expert-speed", "report"):
+        assert name in out
 
 
 def test_train_saves_a_checkpoint_and_reports(checkpoint, capsys):

@@ -6,10 +6,11 @@
 
 from .blocks import MLP, SSD, Attention, CDMoE, DMAttn, RMSNorm, RoPE
 from .context import Context, StackState
+from .lm import CausalLM
 from .specs import BlockSpec, spec_from_dict, swap
 from .stack import Stack
 
 __all__ = [
-    "Stack", "Context", "StackState", "BlockSpec", "spec_from_dict", "swap",
+    "Stack", "CausalLM", "Context", "StackState", "BlockSpec", "spec_from_dict", "swap",
     "SSD", "DMAttn", "Attention", "CDMoE", "MLP", "RoPE", "RMSNorm",
 ]

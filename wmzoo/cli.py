@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import dataclasses
 import sys
 import time
@@ -54,7 +55,7 @@ def add_recipe_args(p: argparse.ArgumentParser, positional: bool = False) -> Non
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wmzoo", description="Wonderful Matrices models: train, generate, evaluate, inspect.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,generate,eval,info}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,generate,eval,info,experiment}")
 
     t = sub.add_parser("train", help="train a recipe, save a checkpoint, print perplexity and a sample")
     add_recipe_args(t)
@@ -101,6 +102,10 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="a recipe's layer table with parameter counts")
     add_recipe_args(i, positional=True)
     i.add_argument("--vocab-size", type=int, default=None, help="vocabulary for the counts (default: the size's)")
+
+    from .experiments.cli import add_experiment_commands
+
+    add_experiment_commands(sub)
     return p
 
 
@@ -235,7 +240,14 @@ def cmd_info(args) -> None:
     print(build_recipe(args).table(args.vocab_size))
 
 
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "info": cmd_info}
+def cmd_experiment(args) -> None:
+    # the experiment subcommands record the command that produced their results
+    args.command_line = "wmzoo " + shlex.join(sys.argv[1:])
+    args.func(args)
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "info": cmd_info,
+            "experiment": cmd_experiment}
 
 
 def main(argv: list[str] | None = None) -> int:

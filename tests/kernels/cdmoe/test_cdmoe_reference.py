@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch._functorch.config as functorch_config
 from cdmoe_math import brute_force_topk, expert_inputs, grads, loop_experts, retrieval_inputs
 from conftest import assert_close
 from hypothesis import given, settings
@@ -101,9 +100,6 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.wmzoo.cdmoe_experts.default, (x, idx, w, down, up))
 
 
-# AOTAutograd's disk cache keys on the forward graph and can replay a backward compiled
-# against an older schema of these ops (seen on torch 2.13): compile afresh.
-@functorch_config.patch(enable_autograd_cache=False)
 def test_compile_fullgraph_dynamic_matches_eager():
     def block(q, keys, x, down, up):
         w, idx = product_key_topk(q, keys, 3)

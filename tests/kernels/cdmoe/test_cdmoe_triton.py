@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch._functorch.config as functorch_config
 from cdmoe_math import brute_force_topk, expert_inputs, gathered_experts, grads, loop_experts, retrieval_inputs, scores_at
 from conftest import assert_close
 
@@ -93,7 +92,6 @@ def test_experts_kernel_interpreted(no_reference_fallback, dtype, n, d, k, n_exp
 
 
 @pytest.mark.interpret
-@functorch_config.patch(enable_autograd_cache=False)  # see test_cdmoe_reference.py
 def test_kernels_under_compile_and_opcheck():
     def block(q, keys, x, down, up):
         w, idx = product_key_topk(q, keys, 3)
