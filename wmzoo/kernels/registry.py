@@ -87,6 +87,18 @@ class Unsupported(Exception):
     """Raised by a Triton backend's check: the fast path cannot take this input, and why."""
 
 
+def triton_or_reference(tensors: Sequence[torch.Tensor | None], triton_fn: Callable | None, reference_fn: Callable):
+    """``triton_fn()`` when Triton can run on these tensors' device and the backend accepts the
+    input (it raises :class:`Unsupported` otherwise), else ``reference_fn()``: the dispatch of
+    every op body, decided the same way everywhere."""
+    if triton_fn is not None and use_triton(*tensors):
+        try:
+            return triton_fn()
+        except Unsupported:
+            pass
+    return reference_fn()
+
+
 @contextlib.contextmanager
 def _autograd_inside_op():
     """Re-admit autograd inside an op body.

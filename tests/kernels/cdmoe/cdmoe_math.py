@@ -11,7 +11,7 @@ def brute_force_topk(query, sub_keys, k):
     """Score every expert a*S + b of every head as q1.K1[a] + q2.K2[b], keep the true top-k
     (equal scores: lower id first), softmax. Returns float64 weights and int64 ids."""
     q, keys = query.double(), sub_keys.double()
-    S, half = keys.shape[2], q.shape[-1] // 2
+    half = q.shape[-1] // 2
     s1 = torch.einsum("nhr,hsr->nhs", q[..., :half], keys[:, 0])
     s2 = torch.einsum("nhr,hsr->nhs", q[..., half:], keys[:, 1])
     full = (s1[..., :, None] + s2[..., None, :]).flatten(-2)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REL_TOL, assert_close
+from conftest import assert_close
 
 from wmzoo.kernels.ssd import op as ssd_op
 from wmzoo.kernels.ssd import ssd, ssd_reference, ssd_step

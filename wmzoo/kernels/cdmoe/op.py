@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..checks import FLOAT_DTYPES, check_positive, check_tensor
-from ..registry import Unsupported, register_op, use_triton
+from ..registry import register_op, triton_or_reference
 from .experts_kernel import cdmoe_experts_backward_triton, cdmoe_experts_triton
 from .reference import (
     cdmoe_experts_backward_reference,
@@ -42,12 +42,8 @@ def sqrt_experts(n_experts: int) -> int:
 
 
 def _retrieval_body(query: Tensor, sub_keys: Tensor, topk: int) -> tuple[Tensor, Tensor]:
-    if use_triton(query, sub_keys):
-        try:
-            return product_key_topk_triton(query, sub_keys, topk)
-        except Unsupported:
-            pass
-    return product_key_topk_reference(query, sub_keys, topk)
+    return triton_or_reference((query, sub_keys), lambda: product_key_topk_triton(query, sub_keys, topk),
+                               lambda: product_key_topk_reference(query, sub_keys, topk))
 
 
 def _retrieval_fake(query, sub_keys, topk):
@@ -114,12 +110,8 @@ def product_key_topk(query: Tensor, sub_keys: Tensor, topk: int) -> tuple[Tensor
 
 
 def _experts_body(x: Tensor, indices: Tensor, weights: Tensor, down: Tensor, up: Tensor) -> Tensor:
-    if use_triton(x, indices, weights, down, up):
-        try:
-            return cdmoe_experts_triton(x, indices, weights, down, up)
-        except Unsupported:
-            pass
-    return cdmoe_experts_reference(x, indices, weights, down, up)
+    args = (x, indices, weights, down, up)
+    return triton_or_reference(args, lambda: cdmoe_experts_triton(*args), lambda: cdmoe_experts_reference(*args))
 
 
 def _experts_fake(x, indices, weights, down, up):
@@ -132,14 +124,11 @@ _experts_op = register_op("cdmoe_experts", _experts_body, fake=_experts_fake)
 def _experts_bwd_body(
     grad: Tensor, x: Tensor, indices: Tensor, weights: Tensor, down: Tensor, up: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    if use_triton(grad, x, indices, weights, down, up):
-        try:
-            return cdmoe_experts_backward_triton(grad, x, indices, weights, down, up)
-        except Unsupported:
-            pass
+    args = (grad, x, indices, weights, down, up)
     # index_add_ of the reference: deterministic on CPU; on CUDA only if torch is asked to be
     # (the Triton backward always is)
-    return cdmoe_experts_backward_reference(grad, x, indices, weights, down, up)
+    return triton_or_reference(args, lambda: cdmoe_experts_backward_triton(*args),
+                               lambda: cdmoe_experts_backward_reference(*args))
 
 
 def _experts_bwd_fake(grad, x, indices, weights, down, up):

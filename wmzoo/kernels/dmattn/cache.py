@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import FLOAT_DTYPES, check_positive, check_tensor
-from ..registry import Unsupported, use_triton
+from ..registry import triton_or_reference
 
 try:  # optional fast decode kernel
     from . import triton_backend
@@ -143,12 +143,8 @@ class DMAttnCache:
         used = self.slots if self.keep_window is not None else self.length
         k, v = self.k[:, :used], self.v[:, :used]
         bias, valid = self.bias[:, :, :used], self.valid[:, :, :used]
-        if triton_backend is not None and use_triton(q, k):
-            try:
-                return triton_backend.decode(q, k, v, bias, valid, scale)
-            except Unsupported:
-                pass
-        return _attend_torch(q, k, v, bias, valid, scale)
+        return triton_or_reference((q, k), triton_backend and (lambda: triton_backend.decode(q, k, v, bias, valid, scale)),
+                                   lambda: _attend_torch(q, k, v, bias, valid, scale))
 
 
 def _attend_torch(q, k, v, bias, valid, scale):

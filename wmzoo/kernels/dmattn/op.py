@@ -2,10 +2,9 @@
 
 ``wmzoo::dmattn_fwd`` and ``wmzoo::dmattn_bwd`` are each their own registered op, so
 torch.compile sees opaque ops (or, on CUDA, traceable triton_op bodies) in both directions.
-Bodies run the Triton backend when ``use_triton`` says so and the backend accepts the input
-(else ``Unsupported`` sends them to the reference). The reference backward is written out in
-reference.py (``registry.reference_vjp`` would record nothing inside an op body, which runs
-below the autograd dispatch keys).
+Bodies dispatch through ``registry.triton_or_reference``: the Triton backend where it can run
+and accepts the input, else the reference. The reference backward is written out in
+reference.py (explicit, so it needs no autograd inside the op body).
 
 ``dmattn_fwd`` also returns the Triton forward's window selection (kept lists, their biases,
 per-query thresholds), saved for ``dmattn_bwd``, so a training step selects once; they are
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..checks import FLOAT_DTYPES, check_cu_seqlens, check_divides, check_positive, check_tensor
-from ..registry import Unsupported, empty_like_none, register_op, use_triton
+from ..registry import empty_like_none, register_op, triton_or_reference
 from .reference import dmattn_reference, dmattn_reference_backward
 
 try:  # the Triton backend is optional: without triton the reference serves every device
@@ -48,25 +47,25 @@ def _fwd_body(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """o, lse and the window selection (kept, kept_bias, theta, as triton_select writes them),
     returned so that the backward need not select again."""
-    if triton_backend is not None and use_triton(q, k, v, bias, cu_seqlens):
-        try:
-            o, lse, lists = triton_backend.forward_with_window(q, k, v, bias, cu_seqlens, keep_window, scale)
-            return o, lse, *(lists or _no_window_lists(q))
-        except Unsupported:
-            pass
-    o, lse = dmattn_reference(q, k, v, bias, keep_window=_window(keep_window), scale=scale,
-                              cu_seqlens=cu_seqlens)
-    return o, lse, *_no_window_lists(q)
+    def triton():
+        o, lse, lists = triton_backend.forward_with_window(q, k, v, bias, cu_seqlens, keep_window, scale)
+        return o, lse, *(lists or _no_window_lists(q))
+
+    def reference():
+        o, lse = dmattn_reference(q, k, v, bias, keep_window=_window(keep_window), scale=scale,
+                                  cu_seqlens=cu_seqlens)
+        return o, lse, *_no_window_lists(q)
+
+    return triton_or_reference((q, k, v, bias, cu_seqlens), triton_backend and triton, reference)
 
 
 def _fwd_fake(q, k, v, bias, cu_seqlens, keep_window, scale):
     b, t, h, d = q.shape
-    lists = None
-    if triton_backend is not None and use_triton(q, k, v, bias, cu_seqlens):
-        try:  # the same decision as the body, from metadata alone
-            lists = triton_backend.empty_window_lists(q, k, v, bias, cu_seqlens, keep_window)
-        except Unsupported:
-            pass
+    lists = triton_or_reference(  # the same decision as the body, from metadata alone
+        (q, k, v, bias, cu_seqlens),
+        triton_backend and (lambda: triton_backend.empty_window_lists(q, k, v, bias, cu_seqlens, keep_window)),
+        lambda: None,
+    )
     return q.new_empty(b, t, h, d), q.new_empty(b, h, t, dtype=torch.float32), *(lists or _no_window_lists(q))
 
 
@@ -79,14 +78,13 @@ def _bwd_body(
     cu_seqlens: Optional[Tensor], keep_window: int, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The Triton backward reuses the forward's window selection (kept, kept_bias, theta)."""
-    if triton_backend is not None and use_triton(do, q, k, v, bias, cu_seqlens):
-        try:
-            return triton_backend.backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta,
-                                           cu_seqlens, keep_window, scale)
-        except Unsupported:
-            pass
-    return dmattn_reference_backward(do, q, k, v, bias, keep_window=_window(keep_window),
-                                     scale=scale, cu_seqlens=cu_seqlens)
+    return triton_or_reference(
+        (do, q, k, v, bias, cu_seqlens),
+        triton_backend and (lambda: triton_backend.backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta,
+                                                            cu_seqlens, keep_window, scale)),
+        lambda: dmattn_reference_backward(do, q, k, v, bias, keep_window=_window(keep_window),
+                                          scale=scale, cu_seqlens=cu_seqlens),
+    )
 
 
 def _bwd_fake(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep_window, scale):

@@ -21,7 +21,6 @@ def _decode_kernel(
 ):
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
-    n_split = tl.num_programs(1)
     bi = pid_bh // H
     hq = pid_bh % H
     hk = hq // G

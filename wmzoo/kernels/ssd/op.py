@@ -22,7 +22,7 @@ from ..checks import (
     check_power_of_two,
     check_tensor,
 )
-from ..registry import Unsupported, empty_like_none, reference_vjp, register_op, use_triton
+from ..registry import empty_like_none, reference_vjp, register_op, triton_or_reference
 from .reference import compute_dtype, ssd_reference, ssd_step_reference
 
 try:
@@ -36,11 +36,9 @@ except ModuleNotFoundError as err:  # no triton installed (or no backend written
 STATE_DTYPES = (torch.float32, torch.float64)
 
 
-def _triton(name: str, *tensors: Tensor | None):
-    """The backend's function ``name`` if Triton can run on these tensors, else None."""
-    if triton_backend is None or not use_triton(*tensors):
-        return None
-    return getattr(triton_backend, name)
+def _backend(name: str):
+    """The Triton backend's function ``name``, or None without a backend."""
+    return None if triton_backend is None else getattr(triton_backend, name)
 
 
 def _contiguous(outputs) -> tuple[Tensor, ...]:
@@ -80,13 +78,8 @@ def _ssd_fwd_body(
     chunk_size: int,
 ) -> tuple[Tensor, Tensor]:
     args = (x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin, chunk_size)
-    forward = _triton("forward", x)
-    if forward is not None:
-        try:
-            return _contiguous(forward(*args))
-        except Unsupported:
-            pass
-    return _contiguous(ssd_reference(*args))
+    forward = _backend("forward")
+    return _contiguous(triton_or_reference((x,), forward and (lambda: forward(*args)), lambda: ssd_reference(*args)))
 
 
 def _ssd_fwd_fake(x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin, chunk_size):
@@ -114,23 +107,18 @@ def _ssd_bwd_body(
     rope_sin: Tensor | None,
     chunk_size: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    backward = _triton("backward", x)
-    if backward is not None:
-        try:
-            return _contiguous(backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state,
-                                        cu_seqlens, rope_cos, rope_sin, chunk_size))
-        except Unsupported:
-            pass
-    grads = reference_vjp(
-        ssd_reference,
-        (x, dt, A, B, C, D, initial_state),
-        (dy, dfinal_state),
-        cu_seqlens=cu_seqlens,
-        rope_cos=rope_cos,
-        rope_sin=rope_sin,
-        chunk_size=chunk_size,
-    )
-    return _absent_to_empty(grads, x)
+    backward = _backend("backward")
+
+    def triton():
+        return _contiguous(backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state,
+                                    cu_seqlens, rope_cos, rope_sin, chunk_size))
+
+    def reference():
+        grads = reference_vjp(ssd_reference, (x, dt, A, B, C, D, initial_state), (dy, dfinal_state),
+                              cu_seqlens=cu_seqlens, rope_cos=rope_cos, rope_sin=rope_sin, chunk_size=chunk_size)
+        return _absent_to_empty(grads, x)
+
+    return triton_or_reference((x,), backward and triton, reference)
 
 
 def _ssd_bwd_fake(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos,
@@ -175,13 +163,8 @@ def _ssd_step_body(
     rope_sin: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     args = (state, x, dt, A, B, C, D, rope_cos, rope_sin)
-    step = _triton("step", x)
-    if step is not None:
-        try:
-            return _contiguous(step(*args))
-        except Unsupported:
-            pass
-    return _contiguous(ssd_step_reference(*args))
+    step = _backend("step")
+    return _contiguous(triton_or_reference((x,), step and (lambda: step(*args)), lambda: ssd_step_reference(*args)))
 
 
 def _ssd_step_fake(state, x, dt, A, B, C, D, rope_cos, rope_sin):
