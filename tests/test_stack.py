@@ -92,6 +92,17 @@ def test_decode_state_equals_full_forward(chunks):
     assert_close(torch.cat(outs, 1), full, torch.float32, "decode")
 
 
+def test_one_context_reused_across_decode_steps():
+    """Positions and RoPE tables are derived per call, never carried over from the last one."""
+    stack = make_stack([SSD(head_dim=16, chunk_size=16), DMAttn(heads=4, head_dim=16)]).eval()
+    x = torch.randn(1, 6, D)
+    with torch.no_grad():
+        full = stack(x)
+        ctx = Context(state=stack.init_state(1))
+        steps = [stack(x[:, i : i + 1], ctx) for i in range(6)]
+    assert_close(torch.cat(steps, 1), full, torch.float32)
+
+
 def test_shifted_positions_leave_outputs_unchanged():
     """RoPE is relative in SSD (on B and C) and in DMAttn (on q and k)."""
     for spec in (SSD(head_dim=16, chunk_size=16), DMAttn(heads=4, head_dim=16, keep_window=7)):

@@ -42,6 +42,15 @@ class Context:
     rope_theta: float = 10000.0
     max_position: int | None = None
     _tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _derived_positions: bool = False
+
+    def begin_call(self) -> None:
+        """Forget what the previous forward derived (positions, tables, losses), so that one
+        Context can be reused across decode steps without stale RoPE positions."""
+        if self._derived_positions:
+            self.position_ids, self._derived_positions = None, False
+        self._tables.clear()
+        self.aux_losses.clear()
 
     @property
     def aux_loss(self) -> torch.Tensor | float:
@@ -61,7 +70,7 @@ class Context:
                 pos = positions_from_cu_seqlens(self.cu_seqlens, t)[None]
             else:
                 pos = (torch.arange(t, device=x.device) + offset)[None].expand(b, t)
-            self.position_ids = pos
+            self.position_ids, self._derived_positions = pos, True
         check_tensor("position_ids", self.position_ids, shape=tuple(x.shape[:2]), device=x.device)
         return self.position_ids
 

@@ -61,6 +61,7 @@ class Stack(nn.Module):
         if x.ndim != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x: expected shape (batch, time, {self.d_model}), got {tuple(x.shape)}")
         ctx = as_context(ctx)
+        ctx.begin_call()
         ctx.rope_theta, ctx.max_position = self.rope.theta, self.rope.max_position
         state = ctx.state
         if state is not None and not isinstance(state, StackState):
