@@ -91,6 +91,8 @@ def test_clear_errors(checkpoint, data, capsys, tmp_path):
     code, _, err = run(capsys, "train", "--recipe", "doge", "--data", str(data), "--seq-len", "32",
                        "--out", str(checkpoint), "--resume", "--no-progress")
     assert code == 2 and "holds recipe cheems tiny" in err and "expected doge tiny" in err
+    code, _, err = run(capsys, "train", "--data", str(data), "--out", str(checkpoint), "--no-progress")
+    assert code == 2 and "already holds a checkpoint" in err and "--resume" in err and "--overwrite" in err
     code, _, err = run(capsys, "generate", str(checkpoint), "--prompt", "x" * 5000, "--max-new-tokens", "10")
     assert code == 2 and "--prompt: expected at most 4086 tokens" in err and "got 5000" in err
     with pytest.raises(SystemExit) as exit_info:

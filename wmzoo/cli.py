@@ -72,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float, default=0.02, help="held-out tail of the token stream")
     t.add_argument("--out", default=None, help="checkpoint directory (default runs/RECIPE-SIZE)")
     t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
+    t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     t.add_argument("--save-every", type=int, default=0, help="also save every N steps (0: only at the end)")
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -121,6 +122,8 @@ def cmd_train(args) -> None:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                          warmup_steps=args.warmup, accum=args.accum, seed=args.seed, device=args.device,
                          compile=args.compile)
+    if not (args.resume or args.overwrite) and (out / "model.safetensors").exists():
+        raise UsageError(f"--out: {out} already holds a checkpoint; pass --resume to continue it or --overwrite to replace it")
     if args.seq_len > recipe.max_seq_len:
         raise UsageError(f"--seq-len: expected at most max_seq_len={recipe.max_seq_len}, got {args.seq_len}")
     min_val = 8 * args.seq_len + 1  # eval's longest default window
