@@ -394,32 +394,12 @@ def table(results):
 
 
 def plot(json_path, png_path):
-    import matplotlib
+    """The figure is drawn by the expert-speed experiment, so both places show one plot."""
+    from pathlib import Path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from wmzoo.experiments.expert_speed import load, plot as draw
 
-    results = json.load(open(json_path))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"loop": ("per-expert-loop MoE", "tab:red"), "peer": ("PEER-style einsum", "tab:blue"), "wmzoo": ("wmzoo CDMoE (Triton)", "tab:green")}
-    for ax, key, title in ((axes[0], "fwd_ms", "forward"), (axes[1], "fwdbwd_ms", "forward + backward")):
-        for name, (label, color) in styles.items():
-            for ratio, marker in ((1.0, "o"), (0.25, "s")):
-                pts = [(r["N"], r[name][key]) for r in results["sweep"] if name in r and r["ratio"] == ratio]
-                if pts:
-                    ax.plot(*zip(*pts), marker=marker, color=color, linestyle="-" if ratio == 1.0 else "--", label=f"{label}, k={ratio} sqrt(N)")
-            extra = [(r["N"], r[name][key]) for r in results["sweep"] if name in r and r["ratio"] not in (1.0, 0.25)]
-            if extra:
-                ax.scatter(*zip(*extra), color=color, marker="x", s=18)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("experts N")
-        ax.set_ylabel("ms (median)")
-        ax.set_title(f"{title}, 16384 tokens, d 1024, bf16, H200")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
+    draw(load(Path(json_path)), Path(png_path))
 
 
 def main():
