@@ -64,10 +64,18 @@ def rel(a, b):
 
 
 def check_correctness():
-    """bf16 Triton path vs the fp32 reference on the same inputs; y, final state, every grad."""
+    """bf16 Triton path vs the float64 reference on the same inputs; y, final state, every grad.
+
+    Gate: each relative error below max(2e-2, 2x mamba_ssm's error on the same quantity), where
+    mamba_ssm's bf16 kernel (no RoPE) is timed on the same inputs: sums over all tokens of
+    cancelling terms (dA, dD) carry bf16 rounding that no bf16 kernel avoids, and the anchor
+    shows how much of it is the format rather than a bug.
+    """
     errs = {}
-    cases = [("g=h rope", (2, 1000, 8, 64, 128, 8), 32, None), ("g=1", (2, 777, 8, 64, 128, 1), 0, None),
+    cases = [("g=h", (2, 1000, 8, 64, 128, 8), 0, None), ("g=h rope", (2, 1000, 8, 64, 128, 8), 32, None),
+             ("g=1", (2, 777, 8, 64, 128, 1), 0, None),
              ("varlen rope", (1, 900, 8, 64, 128, 2), 32, torch.tensor([0, 300, 301, 900], device=DEV))]
+    anchor = {}
     for name, shape, rope, cu in cases:
         (x, dt, A, B, C, D), cos, sin = inputs(*shape, rope=rope, seed=1)
         seqs = shape[0] if cu is None else cu.shape[0] - 1
@@ -77,11 +85,21 @@ def check_correctness():
                        rope_cos=cos, rope_sin=sin)
         wy, wf = torch.randn_like(y), torch.randn_like(final)
         grads = torch.autograd.grad((y * wy).float().sum() + (final * wf).sum(), leaves)
-        ref_leaves = [z.detach().float().requires_grad_(True) for z in leaves]
-        yr, fr = ssd_reference(*ref_leaves[:5], ref_leaves[5], ref_leaves[6], cu, cos, sin, 64)
-        ref_grads = torch.autograd.grad((yr * wy.float()).sum() + (fr * wf).sum(), ref_leaves)
-        errs[name] = {"y": rel(y, yr), "final": rel(final, fr),
-                      **{f"d{k}": rel(g, r) for k, g, r in zip("x dt A B C D h0".split(), grads, ref_grads)}}
+        ref_leaves = [z.detach().double().requires_grad_(True) for z in leaves]
+        c64, s64 = (None, None) if cos is None else (cos.double(), sin.double())
+        yr, fr = ssd_reference(*ref_leaves[:5], ref_leaves[5], ref_leaves[6], cu, c64, s64, 64)
+        ref_grads = torch.autograd.grad((yr * wy.double()).sum() + (fr * wf.double()).sum(), ref_leaves)
+        names = ["y", "final"] + [f"d{k}" for k in "x dt A B C D h0".split()]
+        errs[name] = dict(zip(names, [rel(y, yr), rel(final, fr)] + [rel(g, r) for g, r in zip(grads, ref_grads)]))
+        if name == "g=h":  # mamba_ssm's bf16 errors on the very same inputs and reference
+            try:
+                ym, fm = mamba_fn()(x, dt, A, B, C, 64, D=D, initial_states=h0, return_final_states=True)
+                gm = torch.autograd.grad((ym * wy).float().sum() + (fm * wf).sum(), leaves)
+                anchor = dict(zip(names, [rel(ym, yr), rel(fm, fr)] + [rel(g, r) for g, r in zip(gm, ref_grads)]))
+                errs["mamba_ssm g=h"] = anchor
+                print("correctness mamba_ssm g=h", {k: f"{v:.1e}" for k, v in anchor.items()}, flush=True)
+            except Exception as e:  # without the anchor the gate is the plain 2e-2
+                print("mamba_ssm anchor failed:", repr(e)[:300], flush=True)
         print("correctness", name, {k: f"{v:.1e}" for k, v in errs[name].items()}, flush=True)
     # decode step
     (x, dt, A, B, C, D), _, _ = inputs(64, 1, 64, 64, 128, 64, grad=False)
@@ -92,8 +110,9 @@ def check_correctness():
     errs["step"] = {"y": rel(y, yr), "state": rel(new, nr)}
     print("correctness step", errs["step"], flush=True)
     RESULTS["correctness"] = errs
-    worst = max(v for e in errs.values() for v in e.values())
-    assert worst < 2e-2, f"bf16 relative error {worst:.3e} >= 2e-2: not timing a wrong kernel"
+    bad = [(case, k, v) for case, e in errs.items() if not case.startswith("mamba") for k, v in e.items()
+           if not v < max(2e-2, 2 * anchor.get(k, 0.0))]
+    assert not bad, f"errors above max(2e-2, 2x mamba_ssm's): {bad}: not timing a wrong kernel"
 
 
 def mamba_fn():

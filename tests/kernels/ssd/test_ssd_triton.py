@@ -381,3 +381,38 @@ def test_gpu_compile_fullgraph_dynamic():
     assert_close(out, eager, torch.bfloat16, "compiled output")
     for name, g, e in zip("x dt A B C D".split(), grads, eager_grads):
         assert_close(g, e, torch.bfloat16, f"compiled d{name}")
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("rope", [0, 16])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_half_precision_dot_path_keeps_da_accurate(monkeypatch, triton_calls, rope, seed):
+    """On the GPU the kernels multiply in bf16 / fp16 on tensor cores. dA sums per-token terms
+    that cancel pairwise over the whole sequence, so rounding them differently on the two sides
+    (states rounded to the half type) put dA 1e-2 .. 3e-2 off on the H200. Here the fp16 product
+    path runs under the interpreter (its bf16 tl.dot is not usable): dA must stay at fp32-like
+    accuracy against the float64 loop (fp16-rounded states gave 2e-3, the kernels now ~4e-6).
+    With RoPE, the rotated B~ / C~ are rounded to the half type once (as a bf16 rotated copy
+    would be) and the gradients must be those of the loop on exactly those rounded values."""
+    from wmzoo.kernels.ssd import triton_backend
+    from wmzoo.kernels.ssd.triton_common import DOT_FP16
+
+    monkeypatch.setattr(triton_backend, "_dot", lambda x: DOT_FP16)
+    args = make_inputs(1, 300, 2, 2, 16, 32, D=False, h0=False, rope=rope, seed=seed)
+    for k in ("x", "B", "C"):  # exact in fp16, as bf16 / fp16 inputs are on the GPU
+        args[k] = args[k].half().float()
+    leaves = [args[k].clone().requires_grad_(True) for k in ("x", "dt", "A", "B", "C")]
+    cos, sin = args.get("rope_cos"), args.get("rope_sin")
+    y = ssd(*leaves, chunk_size=16, rope_cos=cos, rope_sin=sin)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).half().float()
+    grads = torch.autograd.grad((y * dy).sum(), leaves)
+    assert triton_calls["forward"] == 1 and triton_calls["backward"] == 1
+    ref = [z.detach().to(F64).requires_grad_(True) for z in leaves]
+    if rope:  # the loop on the rounded rotated operands (the kernels' dB, dC are unrotated: not compared)
+        ref[3], ref[4] = (rotate(z, cos, sin).half().to(F64).requires_grad_(True) for z in (args["B"], args["C"]))
+    y_ref, _ = loop_ssd(*ref)
+    grads_ref = torch.autograd.grad((y_ref * dy.to(F64)).sum(), ref)
+    names = "x dt A B C".split()[: 3 if rope else 5]
+    rel = {n: ((g.to(F64) - r).norm() / r.norm()).item() for n, g, r in zip(names, grads, grads_ref)}
+    assert rel["A"] < 5e-5, rel
+    assert max(rel.values()) < 2e-3, rel

@@ -17,6 +17,14 @@ so d a_s = sum_{t>=s} dL/dG_t, a reverse cumsum the reverse sweep carries across
 ddt_s = x_s . dxd_s + A d a_s and dA = sum_s dt_s d a_s. dB and dC are rotated back inside
 the kernels: RoPE's transpose is applied to them in registers (per head; the backend sums
 the heads of a group when g < h). Tiles over n are column segments as in triton_fwd.
+
+Precision of dA: the per-token dL/dG_t are large and cancel over the sequence (every pair of
+tokens enters once with + and once with -), and dA sums them all, so each pair must be the same
+number on both sides. Pairs in one chunk: dL/dG_t's in-chunk part is taken from one fp32 matrix
+W[t, s] = (dy_t . xd_s)(C~_t . B~_s) exp(Lam_t - Lam_s) as its row sum minus its column sum (the
+reverse sweep; C~ . dC~ and B~ . dB~ above then carry the state terms only). Pairs across
+chunks: the products with S and dS are done to ~fp32 accuracy (one operand split into bf16 hi +
+lo: mm_split_*), and rotated B~ / C~ are rounded once and used rounded everywhere (operand).
 """
 
 
@@ -30,6 +38,9 @@ from .triton_common import (
     load_cols,
     load_rotated_halves,
     mm,
+    mm_split_a,
+    mm_split_b,
+    operand,
     rope_tables,
     sequence_range,
     state_tile,
@@ -90,33 +101,38 @@ def _ssd_bwd_forward_sweep(
         a = dt * A
         lam = tl.cumsum(a, axis=0)
         lam_end = tl.sum(a, axis=0)
-        xd = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P) * dt[:, None]
+        x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
+        xd = x * dt[:, None]
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))
-        dyxd = mm(dy, tl.trans(xd), DOT) * decay  # [t, s]
+        dyxd = mm(dy, tl.trans(x), DOT) * (dt[None, :] * decay)  # [t, s]; x, dy exact operands
         e_lam = tl.exp(lam)[:, None]
-        c_dc = tl.zeros([Q], dtype=tl.float32)
+        c_dc = tl.zeros([Q], dtype=tl.float32)  # C~ . dC~ through the state only (see module doc)
         weighted = tl.trans(xd * tl.exp(lam_end - lam)[:, None])
         carry = tl.exp(lam_end)
         if ROPE:
             cos, sin = rope_tables(cos_ptr, sin_ptr, rows, row_mask, HALF, HB)
             b_lo, b_hi = load_rotated_halves(Bg, G * N, rows, row_mask, cos, sin, HALF, HB)
             c_lo, c_hi = load_rotated_halves(Cg, G * N, rows, row_mask, cos, sin, HALF, HB)
-            dc_lo = mm(dyxd, b_lo, DOT) + e_lam * mm(dy, s_lo, DOT)
-            dc_hi = mm(dyxd, b_hi, DOT) + e_lam * mm(dy, s_hi, DOT)
-            c_dc += tl.sum(c_lo * dc_lo, axis=1) + tl.sum(c_hi * dc_hi, axis=1)
+            b_lo, b_hi, c_lo, c_hi = operand(b_lo, DOT), operand(b_hi, DOT), operand(c_lo, DOT), operand(c_hi, DOT)
+            st_lo = e_lam * mm_split_b(dy, s_lo, DOT)
+            st_hi = e_lam * mm_split_b(dy, s_hi, DOT)
+            dc_lo = mm(dyxd, b_lo, DOT) + st_lo
+            dc_hi = mm(dyxd, b_hi, DOT) + st_hi
+            c_dc += tl.sum(c_lo * st_lo, axis=1) + tl.sum(c_hi * st_hi, axis=1)
             g_lo, g_hi = unrotate(dc_lo, dc_hi, cos, sin)
             store_cols(dCh, H * N, rows, row_mask, 0, HALF, g_lo, HB)
             store_cols(dCh, H * N, rows, row_mask, HALF, HALF, g_hi, HB)
-            s_lo = carry * s_lo + mm(weighted, b_lo, DOT)
-            s_hi = carry * s_hi + mm(weighted, b_hi, DOT)
+            s_lo = carry * s_lo + mm_split_a(weighted, b_lo, DOT)
+            s_hi = carry * s_hi + mm_split_a(weighted, b_hi, DOT)
         if REST:
             b_re = load_cols(Bg, G * N, rows, row_mask, R, N - R, RB)
             c_re = load_cols(Cg, G * N, rows, row_mask, R, N - R, RB)
-            dc_re = mm(dyxd, b_re, DOT) + e_lam * mm(dy, s_re, DOT)
-            c_dc += tl.sum(c_re * dc_re, axis=1)
+            st_re = e_lam * mm_split_b(dy, s_re, DOT)
+            dc_re = mm(dyxd, b_re, DOT) + st_re
+            c_dc += tl.sum(c_re * st_re, axis=1)
             store_cols(dCh, H * N, rows, row_mask, R, N - R, dc_re, RB)
-            s_re = carry * s_re + mm(weighted, b_re, DOT)
+            s_re = carry * s_re + mm_split_a(weighted, b_re, DOT)
         tl.store(cdc_ptr + rows * H + head, c_dc, mask=row_mask)
 
     # <dfinal, final>: the final state's term of dL/dG, at the last token.
@@ -188,7 +204,8 @@ def _ssd_bwd_reverse_sweep(
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))  # [t, s]
         to_end = tl.exp(lam_end - lam)[:, None]
-        dyxd_t = tl.trans(mm(dy, tl.trans(xd), DOT) * decay)  # [s, t]
+        dt_to_end = dt[:, None] * to_end  # xd dS = dt (x dS): x is exact in the half type
+        dyxd_t = tl.trans(mm(dy, tl.trans(x), DOT) * (dt[None, :] * decay))  # [s, t]
         scores = tl.zeros([Q, Q], dtype=tl.float32)
         from_state = tl.zeros([Q, BLOCK_P], dtype=tl.float32)  # dS B~_s, for dxd
         b_db = tl.zeros([Q], dtype=tl.float32)
@@ -196,11 +213,14 @@ def _ssd_bwd_reverse_sweep(
             cos, sin = rope_tables(cos_ptr, sin_ptr, rows, row_mask, HALF, HB)
             b_lo, b_hi = load_rotated_halves(Bg, G * N, rows, row_mask, cos, sin, HALF, HB)
             c_lo, c_hi = load_rotated_halves(Cg, G * N, rows, row_mask, cos, sin, HALF, HB)
+            b_lo, b_hi, c_lo, c_hi = operand(b_lo, DOT), operand(b_hi, DOT), operand(c_lo, DOT), operand(c_hi, DOT)
             scores += mm(c_lo, tl.trans(b_lo), DOT) + mm(c_hi, tl.trans(b_hi), DOT)
             from_state += mm(b_lo, tl.trans(ds_lo), DOT) + mm(b_hi, tl.trans(ds_hi), DOT)
-            db_lo = mm(dyxd_t, c_lo, DOT) + to_end * mm(xd, ds_lo, DOT)
-            db_hi = mm(dyxd_t, c_hi, DOT) + to_end * mm(xd, ds_hi, DOT)
-            b_db += tl.sum(b_lo * db_lo, axis=1) + tl.sum(b_hi * db_hi, axis=1)
+            sb_lo = dt_to_end * mm_split_b(x, ds_lo, DOT)
+            sb_hi = dt_to_end * mm_split_b(x, ds_hi, DOT)
+            db_lo = mm(dyxd_t, c_lo, DOT) + sb_lo
+            db_hi = mm(dyxd_t, c_hi, DOT) + sb_hi
+            b_db += tl.sum(b_lo * sb_lo, axis=1) + tl.sum(b_hi * sb_hi, axis=1)
             g_lo, g_hi = unrotate(db_lo, db_hi, cos, sin)
             store_cols(dBh, H * N, rows, row_mask, 0, HALF, g_lo, HB)
             store_cols(dBh, H * N, rows, row_mask, HALF, HALF, g_hi, HB)
@@ -209,12 +229,17 @@ def _ssd_bwd_reverse_sweep(
             c_re = load_cols(Cg, G * N, rows, row_mask, R, N - R, RB)
             scores += mm(c_re, tl.trans(b_re), DOT)
             from_state += mm(b_re, tl.trans(ds_re), DOT)
-            db_re = mm(dyxd_t, c_re, DOT) + to_end * mm(xd, ds_re, DOT)
-            b_db += tl.sum(b_re * db_re, axis=1)
+            sb_re = dt_to_end * mm_split_b(x, ds_re, DOT)
+            db_re = mm(dyxd_t, c_re, DOT) + sb_re
+            b_db += tl.sum(b_re * sb_re, axis=1)
             store_cols(dBh, H * N, rows, row_mask, R, N - R, db_re, RB)
         dxd = mm(tl.trans(scores * decay), dy, DOT) + to_end * from_state
 
+        # In-chunk part of dL/dG from W[t, s] = (dy_t . xd_s)(C~_t . B~_s) decay_ts, all fp32:
+        # row sums minus column sums of the same matrix, so its pairs cancel exactly.
+        w_t = dyxd_t * tl.trans(scores)  # W^T [s, t]
         dG = tl.load(cdc_ptr + rows * H + head, mask=row_mask, other=0.0) - b_db
+        dG += tl.sum(w_t, axis=0) - tl.sum(w_t, axis=1)
         da = da_carry + tl.cumsum(dG, axis=0, reverse=True)
         da_carry += tl.sum(dG, axis=0)
         dx = dxd * dt[:, None]
@@ -229,10 +254,10 @@ def _ssd_bwd_reverse_sweep(
         weighted = tl.trans(dy * tl.exp(lam)[:, None])
         carry = tl.exp(lam_end)
         if ROPE:
-            ds_lo = carry * ds_lo + mm(weighted, c_lo, DOT)
-            ds_hi = carry * ds_hi + mm(weighted, c_hi, DOT)
+            ds_lo = carry * ds_lo + mm_split_a(weighted, c_lo, DOT)
+            ds_hi = carry * ds_hi + mm_split_a(weighted, c_hi, DOT)
         if REST:
-            ds_re = carry * ds_re + mm(weighted, c_re, DOT)
+            ds_re = carry * ds_re + mm_split_a(weighted, c_re, DOT)
 
     lo_ptr, lo_mask = state_tile(dh0_ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
     hi_ptr, hi_mask = state_tile(dh0_ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)

@@ -37,6 +37,44 @@ def mm(a, b, DOT: tl.constexpr):
 
 
 @triton.jit
+def operand(z, DOT: tl.constexpr):
+    """z as tl.dot sees it (rounded to the inputs' half type on the GPU), back in fp32.
+
+    A value used both inside a product and elementwise (RoPE-rotated B / C in the backward) must
+    be the same value on both sides, or terms that should cancel in dL/dG do not.
+    """
+    if DOT == 1:
+        return z.to(tl.bfloat16).to(tl.float32)
+    elif DOT == 2:
+        return z.to(tl.float16).to(tl.float32)
+    else:
+        return z
+
+
+@triton.jit
+def mm_split_b(a, b, DOT: tl.constexpr):
+    """a @ b to ~fp32 accuracy where a is exact in the half type and b (fp32) is not: b = hi + lo.
+
+    For the backward's state products: dL/dG sums them over the whole sequence, where they
+    cancel pairwise, so one rounding of the state to bf16 (2^-9) would swamp dA (measured 1e-2 ..
+    3e-2 relative on the H200; docs/benchmarks/NOTES.md).
+    """
+    if DOT == 0:
+        return mm(a, b, DOT)
+    hi = operand(b, DOT)
+    return mm(a, hi, DOT) + mm(a, b - hi, DOT)
+
+
+@triton.jit
+def mm_split_a(a, b, DOT: tl.constexpr):
+    """a @ b to ~fp32 accuracy where b is exact in the half type and a (fp32) is not."""
+    if DOT == 0:
+        return mm(a, b, DOT)
+    hi = operand(a, DOT)
+    return mm(hi, b, DOT) + mm(a - hi, b, DOT)
+
+
+@triton.jit
 def sequence_range(cu_ptr, k, T, HAS_CU: tl.constexpr):
     """First and one-past-last flattened token of sequence k (batch row k without cu_seqlens)."""
     if HAS_CU:
