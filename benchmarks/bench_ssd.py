@@ -122,7 +122,7 @@ def mamba_fn():
     return mamba_chunk_scan_combined
 
 
-def time_shape(b, t, h, p, n, g, *, compiled_ref):
+def time_shape(b, t, h, p, n, g, *, compiled_ref, mamba_chunks=(64, 256), fla=True):
     tag = f"B{b}_T{t}_H{h}_P{p}_N{n}_G{g}"
     (x, dt, A, B, C, D), cos, sin = inputs(b, t, h, p, n, g, rope=ROPE_DIM)
     dy = torch.randn_like(x)
@@ -143,7 +143,7 @@ def time_shape(b, t, h, p, n, g, *, compiled_ref):
             bench(f"wmzoo_fwdbwd_{suffix}", fwdbwd(f))
     try:
         mcs = mamba_fn()
-        for q in (64, 256):
+        for q in mamba_chunks:
             f = lambda q=q: mcs(x, dt, A, B, C, chunk_size=q)
             bench(f"mamba_fwd_{tag}_c{q}", f)
             bench(f"mamba_fwdbwd_{tag}_c{q}", fwdbwd(f))
@@ -151,6 +151,8 @@ def time_shape(b, t, h, p, n, g, *, compiled_ref):
         RESULTS[f"mamba_{tag}"] = {"error": repr(e)[:300]}
         print("mamba failed", repr(e)[:300], flush=True)
     try:  # fla's GLA form: q = C, k = B (per head), v = x dt, log decay g = dt A
+        if not fla:
+            raise RuntimeError("left out (--no-fla)")
         from fla.ops.simple_gla import chunk_simple_gla
         Ch = C.detach().repeat_interleave(h // g, dim=2).requires_grad_(True)
         Bh = B.detach().repeat_interleave(h // g, dim=2).requires_grad_(True)
@@ -229,6 +231,9 @@ def use_probed_configs(path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
+    ap.add_argument("--quick", action="store_true", help="mamba_ssm at chunk 64 only (its default is 256)")
+    ap.add_argument("--no-fla", action="store_true",
+                    help="leave fla out: its first call autotuned for > 3 minutes on triton 3.6 (H200)")
     ap.add_argument("--configs", help="probe.json of ssd_probe_configs.py: time only configs it passed")
     args = ap.parse_args()
     if args.configs:
@@ -238,7 +243,8 @@ def main():
     print(RESULTS["env"], flush=True)
     check_correctness()
     for i, shape in enumerate(SHAPES):
-        time_shape(*shape, compiled_ref=i == 0)
+        time_shape(*shape, compiled_ref=i == 0, mamba_chunks=(64,) if args.quick else (64, 256),
+                   fla=not args.no_fla)
     time_decode()
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(RESULTS, fh, indent=1)
