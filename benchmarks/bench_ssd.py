@@ -196,8 +196,12 @@ def time_decode():
             st = state.clone()
             Ae = A[:, None, None].expand(h, p, n)
             dte = dt[:, 0, :, None].expand(b, h, p)
+            # mamba_ssm 2.3.2 reads dt_bias.stride() whenever A and dt are tied over p (Mamba2's
+            # layout), so a zero bias is passed, tied too (as Mamba2 calls it).
+            bias0 = torch.zeros(h, device=DEV)[:, None].expand(h, p)
             bench(f"mamba_step_B{b}_H{h}_P{p}_N{n}",
-                  lambda: selective_state_update(st, x[:, 0], dte, Ae, B[:, 0], C[:, 0], D[:, None].expand(h, p)))
+                  lambda: selective_state_update(st, x[:, 0], dte, Ae, B[:, 0], C[:, 0], D[:, None].expand(h, p),
+                                                 dt_bias=bias0))
         except Exception as e:
             print("mamba step failed", repr(e)[:300], flush=True)
         RESULTS[f"floor_step_B{b}"] = {"ms": round(2 * state.numel() * 4 / HBM_TBPS / 1e9, 4)}
