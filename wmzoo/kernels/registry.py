@@ -59,14 +59,17 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
     return INTERPRET and all(t.device.type == "cpu" for t in present)
 
 
-def register_op(name: str, body: Callable, *, fake: Callable | None = None):
+def register_op(name: str, body: Callable, *, fake: Callable | None = None, opaque: bool = False):
     """Register ``body`` as the op ``wmzoo::name`` and return the op (a ``CustomOpDef``).
 
     ``fake`` computes output metadata from input metadata; it is used wherever the op is
     opaque. With ``triton_op`` the body itself is traced instead, so ``fake`` is not needed.
+    ``opaque=True`` registers an opaque custom op on CUDA too: Inductor then calls the body as
+    eager code at run time (still no graph break) instead of tracing its kernels; for an op
+    whose traced body has been measured wrong (see the op's registration for why).
     """
     qualname = f"{NAMESPACE}::{name}"
-    if USE_TRITON_OP:
+    if USE_TRITON_OP and not opaque:
         return torch.library.triton_op(qualname, body, mutates_args=())
     op = torch.library.custom_op(qualname, body, mutates_args=())
     if fake is None:

@@ -190,6 +190,22 @@ def test_opcheck_on_triton_path():
 
 
 @pytest.mark.interpret
+def test_opcheck_with_strided_inputs():
+    """The ops are opaque to Inductor, which plans with the fakes' strides: q, k, v as views
+    of head-major storage (dense, not contiguous) must still give outputs whose strides the
+    fakes predict (opcheck's fake test compares them)."""
+    q, k, v, bias = small_inputs(21, seed=29)
+    q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+    assert not q.is_contiguous()
+    for w in (0, 3):
+        args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), bias.requires_grad_(), None, w, 0.25)
+        torch.library.opcheck(dmattn_fwd, args)
+        o, lse, *lists = dmattn_fwd(*(x.detach() if isinstance(x, torch.Tensor) else x for x in args))
+        do = torch.randn_like(o).transpose(1, 2).contiguous().transpose(1, 2)
+        torch.library.opcheck(dmattn_bwd, (do, q.detach(), k.detach(), v.detach(), bias.detach(), o, lse, *lists, None, w, 0.25))
+
+
+@pytest.mark.interpret
 def test_training_step_selects_once(monkeypatch):
     """The backward reuses the forward's window selection (saved as op outputs): one selection
     per forward+backward, and the gradients still match the brute force."""
