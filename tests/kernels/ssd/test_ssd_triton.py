@@ -207,8 +207,29 @@ def test_matches_chunked_reference_without_optional_inputs(groups, rope, triton_
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("rope", [0, 8])
-def test_varlen_equals_separate_sequences(rope, triton_calls):
+@pytest.mark.parametrize("t,dtype,rope,segs", [(65, torch.float16, 12, 3), (257, torch.float32, 12, 5),
+                                               (257, torch.float32, 0, 16)])
+def test_segmented_sequences_match_loop(monkeypatch, t, dtype, rope, segs, triton_calls):
+    """Each sequence cut into segments run in parallel (start states chained first; used on the
+    GPU when (sequence, head) programs are fewer than the SMs): forward and every gradient,
+    initial and final states included, against the float64 loop. 257 tokens in chunks of 16 make
+    17 chunks, so the segments are uneven and, at 16 segments, some are empty."""
+    from wmzoo.kernels.ssd import triton_backend
+
+    monkeypatch.setattr(triton_backend, "FORCE_SEGMENTS", segs)
+    args = make_inputs(2, t, 4, 2, 24, 20, dtype=dtype, rope=rope, seed=t + segs)
+    weights = loss_weights(args)
+    got = run_op(args, 16, weights)
+    assert triton_calls["forward"] == 1 and triton_calls["backward"] == 1
+    assert_all_close(got, run_loop(args, weights), dtype)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("rope,segs", [(0, 1), (8, 1), (8, 3)])
+def test_varlen_equals_separate_sequences(monkeypatch, rope, segs, triton_calls):
+    from wmzoo.kernels.ssd import triton_backend
+
+    monkeypatch.setattr(triton_backend, "FORCE_SEGMENTS", segs)
     lengths = [5, 0, 70, 1, 33]
     h, g, p, n = 4, 2, 24, 20
     cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)

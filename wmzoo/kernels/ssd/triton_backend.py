@@ -3,7 +3,8 @@ lists and return tuples, see op.py) and ``warmup``. Inputs the kernels cannot ta
 ``Unsupported`` with the reason; the op body then runs the reference.
 
 No host syncs: sequence boundaries are read from ``cu_seqlens`` inside the kernels, and every
-branch here depends on shapes and dtypes only. The backward's kernels write dB and dC (RoPE's
+branch here depends on shapes and dtypes only. With fewer (sequence, head) programs than SMs,
+each sequence is cut into segments that run in parallel (``segments``, triton_segments). The backward's kernels write dB and dC (RoPE's
 transpose already applied) per head; with g < h, summing each group's heads is the one torch
 op after them (fp32 per-head buffers), with g = h they write the gradients in place.
 """
@@ -17,6 +18,7 @@ from ..registry import Unsupported, empty_like_none, launch
 from .triton_bwd import _ssd_bwd_forward_sweep, _ssd_bwd_reverse_sweep
 from .triton_common import DOT_BF16, DOT_FP16, DOT_IEEE
 from .triton_fwd import _ssd_fwd_kernel
+from .triton_segments import _ssd_chain_dstates, _ssd_chain_states, _ssd_segment_dstates, _ssd_segment_states
 from .triton_step import _ssd_step_kernel
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -27,6 +29,12 @@ CHUNK_SIZES_CUDA = (64,)
 CHUNK_SIZES_CPU = (16, 32, 64)
 # Fewer (sequence, head) programs than this and the forward splits p into blocks to fill the GPU.
 MIN_PROGRAMS = 264
+# Fewer programs than one wave of the H200's 132 SMs and each sequence is cut into segments that
+# run in parallel (triton_segments), up to MAX_SEGMENTS of them, aiming at MIN_PROGRAMS.
+ONE_WAVE = 132
+MAX_SEGMENTS = 16
+# The chain kernels' tiles: elementwise only (no tl.dot, so no tile-side minimum).
+CHAIN_BLOCK_P = 16
 # Smallest tile side of any tl.dot. On the H200 with triton 3.6 (benchmarks/ssd_probe_configs.py,
 # docs/benchmarks/ssd.md) every probed config gave wrong results or illegal memory accesses
 # once some dot had a side of 16 or 32 (p blocks, RoPE halves), and every config was correct
@@ -92,6 +100,41 @@ def _output(like: torch.Tensor, varlen: bool, dtype=None) -> torch.Tensor:
     return make(like, dtype=dtype)
 
 
+def segments(programs: int, device: torch.device) -> int:
+    """Segments per sequence for a grid of ``programs`` (sequence, head[, p block]) programs.
+
+    On CUDA below one wave of SMs, enough segments for about MIN_PROGRAMS programs; 1 otherwise
+    and on CPU (the tests set this through ``FORCE_SEGMENTS``)."""
+    if FORCE_SEGMENTS:
+        return FORCE_SEGMENTS
+    if device.type != "cuda" or programs >= ONE_WAVE:
+        return 1
+    return min(MAX_SEGMENTS, triton.cdiv(MIN_PROGRAMS, programs))
+
+
+FORCE_SEGMENTS = 0  # > 0: that many segments everywhere (tests of the segmented path on CPU)
+
+
+def _segment_states(x, dt, A, B, initial_state, cu_seqlens, cos, sin, half, seqs, segs, chunk_size, tiles):
+    """The state entering every segment (seqs x segs, h, p, n) and the final state (seqs, h, p, n)."""
+    b, t, h, p = x.shape
+    g, n = int(B.shape[-2]), int(B.shape[-1])
+    states = x.new_empty(seqs * segs, h, p, n, dtype=torch.float32)
+    dec = x.new_empty(seqs * segs, h, dtype=torch.float32)
+    cu = A if cu_seqlens is None else cu_seqlens
+    launch(_ssd_segment_states)[(seqs * segs, h, triton.cdiv(p, tiles["BLOCK_P"]))](
+        x, dt, A, B, cu, cos, sin, states, dec,
+        t, h, g, p, n, half, segs,
+        HAS_CU=cu_seqlens is not None, Q=chunk_size, DOT=_dot(x), **tiles,
+    )
+    final = x.new_empty(seqs, h, p, n, dtype=torch.float32)
+    launch(_ssd_chain_states)[(seqs, h, triton.cdiv(p, CHAIN_BLOCK_P))](
+        states, dec, A if initial_state is None else initial_state.contiguous(), final, h, p, n, segs,
+        HAS_H0=initial_state is not None, BLOCK_P=CHAIN_BLOCK_P, BLOCK_N=_pow2(n),
+    )
+    return states, dec, final
+
+
 def forward(x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin, chunk_size):
     _check(x, dt, A, B, C, D, initial_state, rope_cos, chunk_size)
     b, t, h, p = x.shape
@@ -102,17 +145,22 @@ def forward(x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin, ch
     tiles = _tiles(int(p), n, half, _min_tile(x))
     while x.is_cuda and tiles["BLOCK_P"] > MIN_TILE_CUDA and seqs * h * triton.cdiv(p, tiles["BLOCK_P"]) < MIN_PROGRAMS:
         tiles["BLOCK_P"] //= 2
+    p_blocks = triton.cdiv(p, tiles["BLOCK_P"])
+    segs = segments(seqs * h * p_blocks, x.device)
     y = _output(x, cu_seqlens is not None)
-    final = x.new_empty(seqs, h, p, n, dtype=torch.float32)
-    grid = (seqs, h, triton.cdiv(p, tiles["BLOCK_P"]))
-    launch(_ssd_fwd_kernel)[grid](
-        x, dt, A, B, C, A if D is None else D,
-        A if initial_state is None else initial_state.contiguous(),
+    if segs > 1:  # start states of the segments first; the final state comes with them
+        starts, _, final = _segment_states(x, dt, A, B, initial_state, cu_seqlens, cos, sin, half,
+                                           seqs, segs, chunk_size, tiles)
+    else:
+        starts = initial_state.contiguous() if initial_state is not None else None
+        final = x.new_empty(seqs, h, p, n, dtype=torch.float32)
+    launch(_ssd_fwd_kernel)[(seqs * segs, h, p_blocks)](
+        x, dt, A, B, C, A if D is None else D, A if starts is None else starts,
         A if cu_seqlens is None else cu_seqlens, cos, sin,
         y, final,
-        t, h, g, p, n, half,
-        HAS_D=D is not None, HAS_H0=initial_state is not None, HAS_CU=cu_seqlens is not None,
-        Q=chunk_size, DOT=_dot(x), **tiles,
+        t, h, g, p, n, half, segs,
+        HAS_D=D is not None, HAS_H0=starts is not None, HAS_CU=cu_seqlens is not None,
+        WRITE_FINAL=segs == 1, Q=chunk_size, DOT=_dot(x), **tiles,
     )
     return y, final
 
@@ -144,34 +192,52 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
     x, dt, B, C, dy = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous(), dy.contiguous()
     cos, sin, half = _rope(rope_cos, rope_sin, A)
     cu = A if cu_seqlens is None else cu_seqlens
-    dfinal = A if dfinal_state is None else dfinal_state.contiguous()
-    common = dict(Q=chunk_size, DOT=_dot(x), **_tiles(int(p), n, half, _min_tile(x)))
-    grid = (seqs, h)
+    tiles = _tiles(int(p), n, half, _min_tile(x))
+    common = dict(Q=chunk_size, DOT=_dot(x), **tiles)
+    segs = segments(seqs * h, x.device)
+    grid = (seqs * segs, h)
+    if segs > 1:
+        # Start states (forward chain) and the dS arriving at every segment's end plus its
+        # carry of dL/dG (reverse chain), so that the two sweeps run every segment in parallel.
+        starts, dec, final = _segment_states(x, dt, A, B, initial_state, cu_seqlens, cos, sin, half,
+                                             seqs, segs, chunk_size, tiles)
+        ends = x.new_empty(seqs * segs, h, p, n, dtype=torch.float32)
+        launch(_ssd_segment_dstates)[grid](
+            dy, dt, A, C, cu, cos, sin, ends, t, h, g, p, n, half, segs, HAS_CU=varlen, **common)
+        npb = triton.cdiv(p, CHAIN_BLOCK_P)
+        carry_parts = x.new_empty(seqs * segs, h, npb, dtype=torch.float32)
+        launch(_ssd_chain_dstates)[(seqs, h, npb)](
+            ends, dec, starts, final, A if dfinal_state is None else dfinal_state.contiguous(), carry_parts,
+            h, p, n, segs, npb, HAS_DFINAL=dfinal_state is not None, BLOCK_P=CHAIN_BLOCK_P, BLOCK_N=_pow2(n))
+        carry = carry_parts.sum(-1)
+    else:
+        starts = initial_state.contiguous() if initial_state is not None else None
+        ends = dfinal_state.contiguous() if dfinal_state is not None else None
 
     dC_heads = _grad_buffer(C, h, varlen)
-    c_dc = x.new_empty(b * t, h, dtype=torch.float32)  # C~_t . dC~_t
-    d_final = x.new_empty(seqs, h, dtype=torch.float32)  # <dfinal, final>
+    c_dc = x.new_empty(b * t, h, dtype=torch.float32)  # C~_t . dC~_t (state part)
+    d_final = x.new_empty(seqs * segs, h, dtype=torch.float32)  # <dfinal, final> (one segment)
     launch(_ssd_bwd_forward_sweep)[grid](
-        dy, dfinal, x, dt, A, B, C, A if initial_state is None else initial_state.contiguous(),
+        dy, A if ends is None else ends, x, dt, A, B, C, A if starts is None else starts,
         cu, cos, sin,
         dC_heads, c_dc, d_final,
-        t, h, g, p, n, half,
-        HAS_DFINAL=dfinal_state is not None, HAS_H0=initial_state is not None, HAS_CU=varlen,
+        t, h, g, p, n, half, segs,
+        HAS_DFINAL=segs == 1 and ends is not None, HAS_H0=starts is not None, HAS_CU=varlen,
         **common,
     )
 
     dx = _output(x, varlen)
     ddt = _output(dt, varlen)
     dB_heads = _grad_buffer(B, h, varlen)
-    dA_part = x.new_empty(seqs, h, dtype=torch.float32)
-    dD_part = x.new_empty(seqs, h, dtype=torch.float32)
+    dA_part = x.new_empty(seqs * segs, h, dtype=torch.float32)
+    dD_part = x.new_empty(seqs * segs, h, dtype=torch.float32)
     dh0 = x.new_empty(seqs, h, p, n, dtype=torch.float32)
     launch(_ssd_bwd_reverse_sweep)[grid](
-        dy, dfinal, x, dt, A, B, C, A if D is None else D, cu, cos, sin,
-        c_dc, d_final,
+        dy, A if ends is None else ends, x, dt, A, B, C, A if D is None else D, cu, cos, sin,
+        c_dc, carry if segs > 1 else d_final,
         dx, ddt, dB_heads, dA_part, dD_part, dh0,
-        t, h, g, p, n, half,
-        HAS_DFINAL=dfinal_state is not None, HAS_D=D is not None, HAS_CU=varlen,
+        t, h, g, p, n, half, segs,
+        HAS_DFINAL=ends is not None, HAS_D=D is not None, HAS_CU=varlen,
         **common,
     )
 

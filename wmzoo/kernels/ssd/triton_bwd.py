@@ -1,4 +1,4 @@
-"""The SSD backward: two kernels, each one program per (sequence, head) walking its chunks.
+"""The SSD backward: two kernels, each one program per (sequence or segment, head) walking its chunks.
 
 Notation of triton_fwd (a_s = dt_s A, Lam = in-chunk cumsum of a, xd_s = dt_s x_s, B~ / C~ the
 rotated B / C, S the state entering a chunk, dS the gradient of the state leaving it).
@@ -42,6 +42,7 @@ from .triton_common import (
     mm_split_b,
     operand,
     rope_tables,
+    segment_chunks,
     sequence_range,
     state_tile,
     store_cols,
@@ -64,16 +65,17 @@ _KEY = ["P", "N", "Q", "BLOCK_P", "HB", "RB", "ROPE", "REST", "DOT"]
 def _ssd_bwd_forward_sweep(
     dy_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
     dC_ptr, cdc_ptr, dff_ptr,
-    T, H, G, P, N, HALF,
+    T, H, G, P, N, HALF, SEGS,
     HAS_DFINAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr,
     ROPE: tl.constexpr, REST: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, HB: tl.constexpr, RB: tl.constexpr, DOT: tl.constexpr,
 ):
-    k = tl.program_id(0)
+    k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
     head = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_P)
     steps = tl.arange(0, Q)
-    start, end = sequence_range(cu_ptr, k, T, HAS_CU)
+    start, end = sequence_range(cu_ptr, k // SEGS, T, HAS_CU)
+    c0, c1 = segment_chunks(start, end, Q, k % SEGS, SEGS)
     group = head // (H // G)
     A = tl.load(A_ptr + head).to(tl.float32)
     R = 2 * HALF
@@ -94,7 +96,7 @@ def _ssd_bwd_forward_sweep(
             s_re = tl.load(re_ptr, mask=re_mask, other=0.0)
     causal = steps[:, None] >= steps[None, :]
 
-    for c in range(0, tl.cdiv(end - start, Q)):
+    for c in range(c0, c1):
         rows = start + c * Q + steps
         row_mask = rows < end
         dt = tl.load(dt_ptr + rows * H + head, mask=row_mask, other=0.0).to(tl.float32)
@@ -155,16 +157,17 @@ def _ssd_bwd_reverse_sweep(
     dy_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, cu_ptr, cos_ptr, sin_ptr,
     cdc_ptr, dff_ptr,
     dx_ptr, ddt_ptr, dB_ptr, dA_ptr, dD_ptr, dh0_ptr,
-    T, H, G, P, N, HALF,
+    T, H, G, P, N, HALF, SEGS,
     HAS_DFINAL: tl.constexpr, HAS_D: tl.constexpr, HAS_CU: tl.constexpr,
     ROPE: tl.constexpr, REST: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, HB: tl.constexpr, RB: tl.constexpr, DOT: tl.constexpr,
 ):
-    k = tl.program_id(0)
+    k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
     head = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_P)
     steps = tl.arange(0, Q)
-    start, end = sequence_range(cu_ptr, k, T, HAS_CU)
+    start, end = sequence_range(cu_ptr, k // SEGS, T, HAS_CU)
+    c0, c1 = segment_chunks(start, end, Q, k % SEGS, SEGS)
     group = head // (H // G)
     A = tl.load(A_ptr + head).to(tl.float32)
     R = 2 * HALF
@@ -185,15 +188,15 @@ def _ssd_bwd_reverse_sweep(
             ds_re = tl.load(re_ptr, mask=re_mask, other=0.0)
     if HAS_D:
         skip = tl.load(D_ptr + head).to(tl.float32)
-    # d a_s = sum over t >= s of dL/dG_t; the final state's term sits at the last token.
+    # d a_s = sum over t >= s of dL/dG_t; the final state's term sits at the last token. What
+    # the tokens after this program's chunks add comes in as dff (triton_segments: carry).
     da_carry = tl.load(dff_ptr + k * H + head)
     dA_acc = 0.0
     dD_acc = 0.0
     causal = steps[:, None] >= steps[None, :]
-    nchunks = tl.cdiv(end - start, Q)
 
-    for i in range(0, nchunks):
-        rows = start + (nchunks - 1 - i) * Q + steps
+    for i in range(0, c1 - c0):
+        rows = start + (c1 - 1 - i) * Q + steps
         row_mask = rows < end
         dt = tl.load(dt_ptr + rows * H + head, mask=row_mask, other=0.0).to(tl.float32)
         a = dt * A
@@ -259,14 +262,16 @@ def _ssd_bwd_reverse_sweep(
         if REST:
             ds_re = carry * ds_re + mm_split_a(weighted, c_re, DOT)
 
-    lo_ptr, lo_mask = state_tile(dh0_ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
-    hi_ptr, hi_mask = state_tile(dh0_ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
-    re_ptr, re_mask = state_tile(dh0_ptr, k, head, H, P, N, offs_p, R, N - R, RB)
+    # dS at the sequence start = d initial_state, from the first segment's program
+    first = k % SEGS == 0
+    lo_ptr, lo_mask = state_tile(dh0_ptr, k // SEGS, head, H, P, N, offs_p, 0, HALF, HB)
+    hi_ptr, hi_mask = state_tile(dh0_ptr, k // SEGS, head, H, P, N, offs_p, HALF, HALF, HB)
+    re_ptr, re_mask = state_tile(dh0_ptr, k // SEGS, head, H, P, N, offs_p, R, N - R, RB)
     if ROPE:
-        tl.store(lo_ptr, ds_lo, mask=lo_mask)
-        tl.store(hi_ptr, ds_hi, mask=hi_mask)
+        tl.store(lo_ptr, ds_lo, mask=lo_mask & first)
+        tl.store(hi_ptr, ds_hi, mask=hi_mask & first)
     if REST:
-        tl.store(re_ptr, ds_re, mask=re_mask)
+        tl.store(re_ptr, ds_re, mask=re_mask & first)
     # Per-(sequence, head) partial sums; the backend adds them up (deterministic, no atomics).
     tl.store(dA_ptr + k * H + head, dA_acc)
     tl.store(dD_ptr + k * H + head, dD_acc)

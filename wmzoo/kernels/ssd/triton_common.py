@@ -3,7 +3,9 @@ applied on load, states kept as matching column segments, the matrix product in 
 the inputs allow, and each program's token range.
 
 Every chunked SSD kernel runs one program per (sequence, head[, block of p]) and walks that
-sequence's chunks in order. A packed varlen batch is just a list of sequences whose token
+sequence's chunks in order; with too few such programs to fill the GPU, per (segment of a
+sequence, head[, block of p]) instead (triton_segments: each segment's start state is found
+first, then the segments run in parallel). A packed varlen batch is just a list of sequences whose token
 ranges come from ``cu_seqlens`` (read inside the kernel: no host sync); chunks start at each
 sequence's first token, so a chunk never holds two sequences and no state crosses a boundary.
 
@@ -87,6 +89,16 @@ def sequence_range(cu_ptr, k, T, HAS_CU: tl.constexpr):
 
 
 @triton.jit
+def segment_chunks(start, end, Q: tl.constexpr, seg, SEGS):
+    """Chunks [c0, c1) of segment ``seg`` of ``SEGS`` (equal runs of whole chunks; the last
+    ones may be short or empty) of the sequence at tokens [start, end)."""
+    nch = tl.cdiv(end - start, Q)
+    per = tl.cdiv(nch, SEGS)
+    c0 = tl.minimum(seg * per, nch)
+    return c0, tl.minimum(c0 + per, nch)
+
+
+@triton.jit
 def load_cols(ptr, row_stride, rows, row_mask, col0, width, BLOCK: tl.constexpr):
     """Columns [col0, col0 + width) of rows ``rows`` of a (tokens, row_stride) view, fp32."""
     cols = tl.arange(0, BLOCK)
@@ -127,7 +139,7 @@ def unrotate(dlo, dhi, cos, sin):
 def state_tile(ptr, k, head, H, P, N, offs_p, col0, width, BLOCK: tl.constexpr):
     """Pointers and mask of columns [col0, col0 + width) of state (k, head) (states, h, p, n)."""
     cols = tl.arange(0, BLOCK)
-    offs = ((k * H + head) * P + offs_p[:, None]) * N + col0 + cols[None, :]
+    offs = ((k.to(tl.int64) * H + head) * P + offs_p[:, None]) * N + col0 + cols[None, :]
     return ptr + offs, (offs_p[:, None] < P) & (cols[None, :] < width)
 
 

@@ -1,4 +1,4 @@
-"""The SSD forward kernel: one program per (sequence, head, block of p) walks its chunks.
+"""The SSD forward kernel: one program per (sequence or segment, head, block of p) walks its chunks.
 
 Per chunk of Q tokens, with a_s = dt_s A and Lam_t = a_1 + ... + a_t (inside the chunk):
     y_t    = sum_{s<=t} exp(Lam_t - Lam_s) (C~_t . B~_s) dt_s x_s   (the quadratic, dual form)
@@ -6,7 +6,9 @@ Per chunk of Q tokens, with a_s = dt_s A and Lam_t = a_1 + ... + a_t (inside the
            + D x_t
     S     <- exp(Lam_Q) S + sum_s exp(Lam_Q - Lam_s) dt_s x_s B~_s^T
 The state (p x n, fp32) stays in registers from chunk to chunk, so the chunk states are never
-written to memory: the forward reads x, dt, B, C once and writes y and the final state.
+written to memory: the forward reads x, dt, B, C once and writes y and the final state. With
+segments (triton_segments), program (sequence x SEGS + segment) starts from its segment's state
+(passed as the initial states, one per segment) and the chain kernel writes the final state.
 B~, C~ and S are held as column segments lo / hi / rest (triton_common: RoPE without gathers).
 """
 
@@ -16,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ..registry import INTERPRET
-from .triton_common import load_cols, load_rotated_halves, mm, rope_tables, sequence_range, state_tile
+from .triton_common import load_cols, load_rotated_halves, mm, rope_tables, segment_chunks, sequence_range, state_tile
 
 
 def _configs():
@@ -26,21 +28,23 @@ def _configs():
 
 
 # Lengths, batch, head and group counts are not in the key: a new length never re-tunes.
-@triton.autotune(configs=_configs(), key=["P", "N", "Q", "BLOCK_P", "HB", "RB", "ROPE", "REST", "DOT"])
+@triton.autotune(configs=_configs(), key=["P", "N", "Q", "BLOCK_P", "HB", "RB", "ROPE", "REST", "DOT",
+                                          "WRITE_FINAL"])
 @triton.jit
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
     y_ptr, final_ptr,
-    T, H, G, P, N, HALF,
+    T, H, G, P, N, HALF, SEGS,
     HAS_D: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr,
-    ROPE: tl.constexpr, REST: tl.constexpr,
+    ROPE: tl.constexpr, REST: tl.constexpr, WRITE_FINAL: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, HB: tl.constexpr, RB: tl.constexpr, DOT: tl.constexpr,
 ):
-    k = tl.program_id(0)
+    k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
     head = tl.program_id(1)
     offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     steps = tl.arange(0, Q)
-    start, end = sequence_range(cu_ptr, k, T, HAS_CU)
+    start, end = sequence_range(cu_ptr, k // SEGS, T, HAS_CU)
+    c0, c1 = segment_chunks(start, end, Q, k % SEGS, SEGS)
     group = head // (H // G)
     A = tl.load(A_ptr + head).to(tl.float32)
     p_mask = offs_p < P
@@ -63,7 +67,7 @@ def _ssd_fwd_kernel(
         skip = tl.load(D_ptr + head).to(tl.float32)
     causal = steps[:, None] >= steps[None, :]
 
-    for c in range(0, tl.cdiv(end - start, Q)):
+    for c in range(c0, c1):
         rows = start + c * Q + steps
         row_mask = rows < end
         # Past the sequence end dt = x = B = C = 0: those steps neither decay nor feed the state.
@@ -101,11 +105,12 @@ def _ssd_fwd_kernel(
         if REST:
             s_re = carry * s_re + mm(weighted, b_re, DOT)
 
-    lo_ptr, lo_mask = state_tile(final_ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
-    hi_ptr, hi_mask = state_tile(final_ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
-    re_ptr, re_mask = state_tile(final_ptr, k, head, H, P, N, offs_p, R, N - R, RB)
-    if ROPE:
-        tl.store(lo_ptr, s_lo, mask=lo_mask)
-        tl.store(hi_ptr, s_hi, mask=hi_mask)
-    if REST:
-        tl.store(re_ptr, s_re, mask=re_mask)
+    if WRITE_FINAL:
+        lo_ptr, lo_mask = state_tile(final_ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
+        hi_ptr, hi_mask = state_tile(final_ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
+        re_ptr, re_mask = state_tile(final_ptr, k, head, H, P, N, offs_p, R, N - R, RB)
+        if ROPE:
+            tl.store(lo_ptr, s_lo, mask=lo_mask)
+            tl.store(hi_ptr, s_hi, mask=hi_mask)
+        if REST:
+            tl.store(re_ptr, s_re, mask=re_mask)

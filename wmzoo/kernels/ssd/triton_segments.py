@@ -1,0 +1,208 @@
+"""Parallelism inside a sequence: the start states of its segments, for the chunked kernels.
+
+The chunked kernels walk a sequence's chunks one after another, so with few (sequence, head)
+programs (B1 T32768 H32: 32 programs on 132 SMs) the GPU idles. Cutting every sequence into
+SEGS segments of whole chunks (``segment_chunks``) lets the kernels run the segments in
+parallel, given the state each segment starts from:
+
+1. ``_ssd_segment_states``: per (sequence x segment, head, block of p) the state the segment
+   leaves when entered with zero, and its total log decay sum(dt A): reads x, dt, B only.
+2. ``_ssd_chain_states``: per sequence, in segment order, S_in[s+1] = exp(dec_s) S_in[s] +
+   local_s from S_in[0] = initial state; the local states are replaced in place by S_in, and
+   the state leaving the last segment is the final state.
+
+The backward needs the same in reverse for dS, the gradient w.r.t. the state:
+3. ``_ssd_segment_dstates``: per segment, the dS its outputs put on its start state when
+   nothing flows in from its end: sum_t exp(Lam_t) dy_t C~_t^T with the decays of the segment.
+4. ``_ssd_chain_dstates``: per sequence, from the last segment back, the dS arriving at each
+   segment's end (dfinal at the last), replacing the local ones in place; and each segment's
+   ``carry`` = <dS_end, S_end>, which is exactly the sum of dL/dG over every later token (a
+   common shift of G after a boundary scales the state crossing it), the reverse cumsum the
+   reverse sweep starts from. Partial sums per block of p; the backend adds them up.
+
+States are fp32 (sequences x SEGS, h, p, n); products with them split hi + lo as in the
+backward (triton_common.mm_split_a), so the recomputed states match the unsegmented ones.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..registry import INTERPRET
+from .triton_common import (
+    load_cols,
+    load_rotated_halves,
+    mm_split_a,
+    operand,
+    rope_tables,
+    segment_chunks,
+    sequence_range,
+    state_tile,
+)
+
+
+def _configs():
+    if INTERPRET:  # the interpreter takes exactly one config
+        return [triton.Config({}, num_warps=4, num_stages=1)]
+    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (8, 2))]
+
+
+_KEY = ["P", "N", "Q", "BLOCK_P", "HB", "RB", "ROPE", "REST", "DOT"]
+
+
+@triton.autotune(configs=_configs(), key=_KEY)
+@triton.jit
+def _ssd_segment_states(
+    x_ptr, dt_ptr, A_ptr, B_ptr, cu_ptr, cos_ptr, sin_ptr,
+    states_ptr, dec_ptr,
+    T, H, G, P, N, HALF, SEGS,
+    HAS_CU: tl.constexpr, ROPE: tl.constexpr, REST: tl.constexpr,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, HB: tl.constexpr, RB: tl.constexpr, DOT: tl.constexpr,
+):
+    idx = tl.program_id(0)  # sequence x SEGS + segment
+    head = tl.program_id(1)
+    p0 = tl.program_id(2) * BLOCK_P
+    offs_p = p0 + tl.arange(0, BLOCK_P)
+    steps = tl.arange(0, Q)
+    start, end = sequence_range(cu_ptr, idx // SEGS, T, HAS_CU)
+    c0, c1 = segment_chunks(start, end, Q, idx % SEGS, SEGS)
+    A = tl.load(A_ptr + head).to(tl.float32)
+    R = 2 * HALF
+    Bg = B_ptr + (head // (H // G)) * N
+    s_lo = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
+    s_hi = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
+    s_re = tl.zeros([BLOCK_P, RB], dtype=tl.float32)
+    dec = 0.0
+    for c in range(c0, c1):
+        rows = start + c * Q + steps
+        row_mask = rows < end
+        dt = tl.load(dt_ptr + rows * H + head, mask=row_mask, other=0.0).to(tl.float32)
+        a = dt * A
+        lam = tl.cumsum(a, axis=0)
+        lam_end = tl.sum(a, axis=0)
+        dec += lam_end
+        x = load_cols(x_ptr + head * P, H * P, rows, row_mask, p0, P - p0, BLOCK_P)
+        weighted = tl.trans(x * (dt * tl.exp(lam_end - lam))[:, None])
+        carry = tl.exp(lam_end)
+        if ROPE:
+            cos, sin = rope_tables(cos_ptr, sin_ptr, rows, row_mask, HALF, HB)
+            b_lo, b_hi = load_rotated_halves(Bg, G * N, rows, row_mask, cos, sin, HALF, HB)
+            s_lo = carry * s_lo + mm_split_a(weighted, operand(b_lo, DOT), DOT)
+            s_hi = carry * s_hi + mm_split_a(weighted, operand(b_hi, DOT), DOT)
+        if REST:
+            b_re = load_cols(Bg, G * N, rows, row_mask, R, N - R, RB)
+            s_re = carry * s_re + mm_split_a(weighted, b_re, DOT)
+    lo_ptr, lo_mask = state_tile(states_ptr, idx, head, H, P, N, offs_p, 0, HALF, HB)
+    hi_ptr, hi_mask = state_tile(states_ptr, idx, head, H, P, N, offs_p, HALF, HALF, HB)
+    re_ptr, re_mask = state_tile(states_ptr, idx, head, H, P, N, offs_p, R, N - R, RB)
+    if ROPE:
+        tl.store(lo_ptr, s_lo, mask=lo_mask)
+        tl.store(hi_ptr, s_hi, mask=hi_mask)
+    if REST:
+        tl.store(re_ptr, s_re, mask=re_mask)
+    tl.store(dec_ptr + idx * H + head, dec)  # the same value from every block of p
+
+
+@triton.autotune(configs=_configs(), key=_KEY)
+@triton.jit
+def _ssd_segment_dstates(
+    dy_ptr, dt_ptr, A_ptr, C_ptr, cu_ptr, cos_ptr, sin_ptr,
+    dstates_ptr,
+    T, H, G, P, N, HALF, SEGS,
+    HAS_CU: tl.constexpr, ROPE: tl.constexpr, REST: tl.constexpr,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, HB: tl.constexpr, RB: tl.constexpr, DOT: tl.constexpr,
+):
+    idx = tl.program_id(0)
+    head = tl.program_id(1)
+    offs_p = tl.arange(0, BLOCK_P)
+    steps = tl.arange(0, Q)
+    start, end = sequence_range(cu_ptr, idx // SEGS, T, HAS_CU)
+    c0, c1 = segment_chunks(start, end, Q, idx % SEGS, SEGS)
+    A = tl.load(A_ptr + head).to(tl.float32)
+    R = 2 * HALF
+    Cg = C_ptr + (head // (H // G)) * N
+    ds_lo = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
+    ds_hi = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
+    ds_re = tl.zeros([BLOCK_P, RB], dtype=tl.float32)
+    for i in range(0, c1 - c0):
+        rows = start + (c1 - 1 - i) * Q + steps
+        row_mask = rows < end
+        dt = tl.load(dt_ptr + rows * H + head, mask=row_mask, other=0.0).to(tl.float32)
+        a = dt * A
+        lam = tl.cumsum(a, axis=0)
+        lam_end = tl.sum(a, axis=0)
+        dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
+        weighted = tl.trans(dy * tl.exp(lam)[:, None])
+        carry = tl.exp(lam_end)
+        if ROPE:
+            cos, sin = rope_tables(cos_ptr, sin_ptr, rows, row_mask, HALF, HB)
+            c_lo, c_hi = load_rotated_halves(Cg, G * N, rows, row_mask, cos, sin, HALF, HB)
+            ds_lo = carry * ds_lo + mm_split_a(weighted, operand(c_lo, DOT), DOT)
+            ds_hi = carry * ds_hi + mm_split_a(weighted, operand(c_hi, DOT), DOT)
+        if REST:
+            c_re = load_cols(Cg, G * N, rows, row_mask, R, N - R, RB)
+            ds_re = carry * ds_re + mm_split_a(weighted, c_re, DOT)
+    lo_ptr, lo_mask = state_tile(dstates_ptr, idx, head, H, P, N, offs_p, 0, HALF, HB)
+    hi_ptr, hi_mask = state_tile(dstates_ptr, idx, head, H, P, N, offs_p, HALF, HALF, HB)
+    re_ptr, re_mask = state_tile(dstates_ptr, idx, head, H, P, N, offs_p, R, N - R, RB)
+    if ROPE:
+        tl.store(lo_ptr, ds_lo, mask=lo_mask)
+        tl.store(hi_ptr, ds_hi, mask=hi_mask)
+    if REST:
+        tl.store(re_ptr, ds_re, mask=re_mask)
+
+
+@triton.jit
+def _state_rows(k, head, H, P, N, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Offsets and mask of this program's (block of p) x n tile of state k (states, h, p, n)."""
+    offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs = ((k.to(tl.int64) * H + head) * P + offs_p[:, None]) * N + offs_n[None, :]
+    return offs, (offs_p[:, None] < P) & (offs_n[None, :] < N)
+
+
+@triton.jit
+def _ssd_chain_states(
+    states_ptr, dec_ptr, h0_ptr, final_ptr, H, P, N, SEGS,
+    HAS_H0: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    k = tl.program_id(0)
+    head = tl.program_id(1)
+    offs, mask = _state_rows(k, head, H, P, N, BLOCK_P, BLOCK_N)
+    s = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    if HAS_H0:
+        s = tl.load(h0_ptr + offs, mask=mask, other=0.0)
+    for seg in range(0, SEGS):
+        idx = k * SEGS + seg
+        off_i, _ = _state_rows(idx, head, H, P, N, BLOCK_P, BLOCK_N)
+        local = tl.load(states_ptr + off_i, mask=mask, other=0.0)
+        tl.store(states_ptr + off_i, s, mask=mask)
+        s = tl.exp(tl.load(dec_ptr + idx * H + head)) * s + local
+    tl.store(final_ptr + offs, s, mask=mask)
+
+
+@triton.jit
+def _ssd_chain_dstates(
+    dstates_ptr, dec_ptr, states_ptr, final_ptr, dfinal_ptr, carry_ptr, H, P, N, SEGS, NPB,
+    HAS_DFINAL: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    k = tl.program_id(0)
+    head = tl.program_id(1)
+    offs, mask = _state_rows(k, head, H, P, N, BLOCK_P, BLOCK_N)
+    ds = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    if HAS_DFINAL:
+        ds = tl.load(dfinal_ptr + offs, mask=mask, other=0.0)
+    for i in range(0, SEGS):
+        seg = SEGS - 1 - i
+        idx = k * SEGS + seg
+        off_i, _ = _state_rows(idx, head, H, P, N, BLOCK_P, BLOCK_N)
+        off_next, _ = _state_rows(idx + 1, head, H, P, N, BLOCK_P, BLOCK_N)
+        local = tl.load(dstates_ptr + off_i, mask=mask, other=0.0)
+        tl.store(dstates_ptr + off_i, ds, mask=mask)
+        # the state at this segment's end: the next segment's start state, or the final state
+        last = seg == SEGS - 1
+        s_end = tl.load(final_ptr + offs, mask=mask & last, other=0.0) + \
+            tl.load(states_ptr + off_next, mask=mask & (seg < SEGS - 1), other=0.0)
+        tl.store(carry_ptr + (idx * H + head) * NPB + tl.program_id(2), tl.sum(tl.sum(ds * s_end, axis=1), axis=0))
+        ds = tl.exp(tl.load(dec_ptr + idx * H + head)) * ds + local
