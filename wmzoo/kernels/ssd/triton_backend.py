@@ -109,7 +109,9 @@ def segments(programs: int, device: torch.device) -> int:
         return FORCE_SEGMENTS
     if device.type != "cuda" or programs >= ONE_WAVE:
         return 1
-    return min(MAX_SEGMENTS, triton.cdiv(MIN_PROGRAMS, programs))
+    # int(): a kernel constexpr depends on it; under torch.compile(dynamic=True) this specializes
+    # on the (small) grid size only on this path
+    return int(min(MAX_SEGMENTS, triton.cdiv(MIN_PROGRAMS, programs)))
 
 
 FORCE_SEGMENTS = 0  # > 0: that many segments everywhere (tests of the segmented path on CPU)
