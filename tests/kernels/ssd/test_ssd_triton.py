@@ -169,13 +169,15 @@ def test_forward_and_gradients_match_loop(t, dtype, rope, triton_calls):
 
 
 @pytest.mark.interpret
-def test_gpu_tile_padding_is_exact(monkeypatch, triton_calls):
+@pytest.mark.parametrize("segs", [1, 3])
+def test_gpu_tile_padding_is_exact(monkeypatch, segs, triton_calls):
     """On CUDA every tile side is padded up to 64 (a Triton 3.6 Hopper miscompile, see
     triton_backend.MIN_TILE_CUDA): run that padding here, p = 24 and the RoPE halves of 6 and
-    the rest of 8 channels all in 64-wide masked tiles."""
+    the rest of 8 channels all in 64-wide masked tiles; also with segments (small grids on CUDA)."""
     from wmzoo.kernels.ssd import triton_backend
 
     monkeypatch.setattr(triton_backend, "MIN_TILE_CPU", triton_backend.MIN_TILE_CUDA)
+    monkeypatch.setattr(triton_backend, "FORCE_SEGMENTS", segs)
     args = make_inputs(1, 70, 2, 1, 24, 20, rope=12, seed=9)
     weights = loss_weights(args)
     got = run_op(args, 64, weights)
