@@ -18,7 +18,12 @@ from ..registry import Unsupported, empty_like_none, launch
 from .triton_bwd import _ssd_bwd_forward_sweep, _ssd_bwd_reverse_sweep
 from .triton_common import DOT_BF16, DOT_FP16, DOT_IEEE
 from .triton_fwd import _ssd_fwd_kernel
-from .triton_segments import _ssd_chain_dstates, _ssd_chain_states, _ssd_segment_dstates, _ssd_segment_states
+from .triton_segments import (
+    _ssd_chain_dstates,
+    _ssd_chain_states,
+    _ssd_segment_dstates,
+    _ssd_segment_states,
+)
 from .triton_step import _ssd_step_kernel
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)

@@ -33,10 +33,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..registry import INTERPRET
 from .triton_common import (
+    TILE_KEY,
+    configs,
     load_cols,
     load_rotated_halves,
+    load_state,
     mm,
     mm_split_a,
     mm_split_b,
@@ -44,23 +46,13 @@ from .triton_common import (
     rope_tables,
     segment_chunks,
     sequence_range,
-    state_tile,
     store_cols,
+    store_state,
     unrotate,
 )
 
 
-def _configs():
-    if INTERPRET:  # the interpreter takes exactly one config
-        return [triton.Config({}, num_warps=4, num_stages=1)]
-    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 1), (8, 1), (8, 2))]
-
-
-# Lengths, batch, head and group counts are not in the key: a new length never re-tunes.
-_KEY = ["P", "N", "Q", "BLOCK_P", "HB", "RB", "ROPE", "REST", "DOT"]
-
-
-@triton.autotune(configs=_configs(), key=_KEY)
+@triton.autotune(configs=configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
 @triton.jit
 def _ssd_bwd_forward_sweep(
     dy_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
@@ -82,18 +74,7 @@ def _ssd_bwd_forward_sweep(
     Bg = B_ptr + group * N
     Cg = C_ptr + group * N
     dCh = dC_ptr + head * N  # dC per head: (tokens, h, n)
-    lo_ptr, lo_mask = state_tile(h0_ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
-    hi_ptr, hi_mask = state_tile(h0_ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
-    re_ptr, re_mask = state_tile(h0_ptr, k, head, H, P, N, offs_p, R, N - R, RB)
-    s_lo = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
-    s_hi = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
-    s_re = tl.zeros([BLOCK_P, RB], dtype=tl.float32)
-    if HAS_H0:
-        if ROPE:
-            s_lo = tl.load(lo_ptr, mask=lo_mask, other=0.0)
-            s_hi = tl.load(hi_ptr, mask=hi_mask, other=0.0)
-        if REST:
-            s_re = tl.load(re_ptr, mask=re_mask, other=0.0)
+    s_lo, s_hi, s_re = load_state(h0_ptr, k, head, H, P, N, offs_p, HALF, HAS_H0, BLOCK_P, HB, RB, ROPE, REST)
     causal = steps[:, None] >= steps[None, :]
 
     for c in range(c0, c1):
@@ -138,20 +119,12 @@ def _ssd_bwd_forward_sweep(
         tl.store(cdc_ptr + rows * H + head, c_dc, mask=row_mask)
 
     # <dfinal, final>: the final state's term of dL/dG, at the last token.
-    dff = 0.0
-    if HAS_DFINAL:
-        lo_ptr, lo_mask = state_tile(dfinal_ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
-        hi_ptr, hi_mask = state_tile(dfinal_ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
-        re_ptr, re_mask = state_tile(dfinal_ptr, k, head, H, P, N, offs_p, R, N - R, RB)
-        if ROPE:
-            dff += tl.sum(tl.sum(tl.load(lo_ptr, mask=lo_mask, other=0.0) * s_lo, axis=1), axis=0)
-            dff += tl.sum(tl.sum(tl.load(hi_ptr, mask=hi_mask, other=0.0) * s_hi, axis=1), axis=0)
-        if REST:
-            dff += tl.sum(tl.sum(tl.load(re_ptr, mask=re_mask, other=0.0) * s_re, axis=1), axis=0)
+    f_lo, f_hi, f_re = load_state(dfinal_ptr, k, head, H, P, N, offs_p, HALF, HAS_DFINAL, BLOCK_P, HB, RB, ROPE, REST)
+    dff = tl.sum(tl.sum(f_lo * s_lo + f_hi * s_hi, axis=1), axis=0) + tl.sum(tl.sum(f_re * s_re, axis=1), axis=0)
     tl.store(dff_ptr + k * H + head, dff)
 
 
-@triton.autotune(configs=_configs(), key=_KEY)
+@triton.autotune(configs=configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
 @triton.jit
 def _ssd_bwd_reverse_sweep(
     dy_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, cu_ptr, cos_ptr, sin_ptr,
@@ -174,18 +147,7 @@ def _ssd_bwd_reverse_sweep(
     Bg = B_ptr + group * N
     Cg = C_ptr + group * N
     dBh = dB_ptr + head * N  # dB per head: (tokens, h, n)
-    lo_ptr, lo_mask = state_tile(dfinal_ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
-    hi_ptr, hi_mask = state_tile(dfinal_ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
-    re_ptr, re_mask = state_tile(dfinal_ptr, k, head, H, P, N, offs_p, R, N - R, RB)
-    ds_lo = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
-    ds_hi = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
-    ds_re = tl.zeros([BLOCK_P, RB], dtype=tl.float32)
-    if HAS_DFINAL:
-        if ROPE:
-            ds_lo = tl.load(lo_ptr, mask=lo_mask, other=0.0)
-            ds_hi = tl.load(hi_ptr, mask=hi_mask, other=0.0)
-        if REST:
-            ds_re = tl.load(re_ptr, mask=re_mask, other=0.0)
+    ds_lo, ds_hi, ds_re = load_state(dfinal_ptr, k, head, H, P, N, offs_p, HALF, HAS_DFINAL, BLOCK_P, HB, RB, ROPE, REST)
     if HAS_D:
         skip = tl.load(D_ptr + head).to(tl.float32)
     # d a_s = sum over t >= s of dL/dG_t; the final state's term sits at the last token. What
@@ -203,7 +165,6 @@ def _ssd_bwd_reverse_sweep(
         lam = tl.cumsum(a, axis=0)
         lam_end = tl.sum(a, axis=0)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
-        xd = x * dt[:, None]
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))  # [t, s]
         to_end = tl.exp(lam_end - lam)[:, None]
@@ -263,15 +224,8 @@ def _ssd_bwd_reverse_sweep(
             ds_re = carry * ds_re + mm_split_a(weighted, c_re, DOT)
 
     # dS at the sequence start = d initial_state, from the first segment's program
-    first = k % SEGS == 0
-    lo_ptr, lo_mask = state_tile(dh0_ptr, k // SEGS, head, H, P, N, offs_p, 0, HALF, HB)
-    hi_ptr, hi_mask = state_tile(dh0_ptr, k // SEGS, head, H, P, N, offs_p, HALF, HALF, HB)
-    re_ptr, re_mask = state_tile(dh0_ptr, k // SEGS, head, H, P, N, offs_p, R, N - R, RB)
-    if ROPE:
-        tl.store(lo_ptr, ds_lo, mask=lo_mask & first)
-        tl.store(hi_ptr, ds_hi, mask=hi_mask & first)
-    if REST:
-        tl.store(re_ptr, ds_re, mask=re_mask & first)
+    store_state(dh0_ptr, k // SEGS, head, H, P, N, offs_p, HALF, ds_lo, ds_hi, ds_re, k % SEGS == 0,
+                HB, RB, ROPE, REST)
     # Per-(sequence, head) partial sums; the backend adds them up (deterministic, no atomics).
     tl.store(dA_ptr + k * H + head, dA_acc)
     tl.store(dD_ptr + k * H + head, dD_acc)

@@ -21,6 +21,20 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..registry import INTERPRET
+
+# The autotune key of the chunked kernels: tile shapes and modes, never lengths, batch, head or
+# group counts, so a new length never re-tunes.
+TILE_KEY = ["P", "N", "Q", "BLOCK_P", "HB", "RB", "ROPE", "REST", "DOT"]
+
+
+def configs(warps_stages):
+    """Autotune configs from (num_warps, num_stages) pairs; the interpreter takes exactly one."""
+    if INTERPRET:
+        return [triton.Config({}, num_warps=4, num_stages=1)]
+    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in warps_stages]
+
+
 # Codes of the DOT constexpr: how tl.dot multiplies (see `mm`).
 DOT_IEEE = 0  # fp32 inputs, or the CPU interpreter: exact fp32 products
 DOT_BF16 = 1  # bf16 inputs on the GPU: bf16 tensor cores, fp32 accumulation
@@ -141,6 +155,40 @@ def state_tile(ptr, k, head, H, P, N, offs_p, col0, width, BLOCK: tl.constexpr):
     cols = tl.arange(0, BLOCK)
     offs = ((k.to(tl.int64) * H + head) * P + offs_p[:, None]) * N + col0 + cols[None, :]
     return ptr + offs, (offs_p[:, None] < P) & (cols[None, :] < width)
+
+
+@triton.jit
+def load_state(ptr, k, head, H, P, N, offs_p, HALF, PRESENT: tl.constexpr, BLOCK_P: tl.constexpr,
+               HB: tl.constexpr, RB: tl.constexpr, ROPE: tl.constexpr, REST: tl.constexpr):
+    """State k of a (states, h, p, n) fp32 buffer as its column segments lo, hi, rest; zeros
+    where the input is not PRESENT and for segments that do not exist."""
+    s_lo = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
+    s_hi = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
+    s_re = tl.zeros([BLOCK_P, RB], dtype=tl.float32)
+    if PRESENT:
+        if ROPE:
+            lo_ptr, lo_mask = state_tile(ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
+            hi_ptr, hi_mask = state_tile(ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
+            s_lo = tl.load(lo_ptr, mask=lo_mask, other=0.0)
+            s_hi = tl.load(hi_ptr, mask=hi_mask, other=0.0)
+        if REST:
+            re_ptr, re_mask = state_tile(ptr, k, head, H, P, N, offs_p, 2 * HALF, N - 2 * HALF, RB)
+            s_re = tl.load(re_ptr, mask=re_mask, other=0.0)
+    return s_lo, s_hi, s_re
+
+
+@triton.jit
+def store_state(ptr, k, head, H, P, N, offs_p, HALF, s_lo, s_hi, s_re, ok,
+                HB: tl.constexpr, RB: tl.constexpr, ROPE: tl.constexpr, REST: tl.constexpr):
+    """Store the column segments of state k where the scalar condition ``ok`` holds."""
+    if ROPE:
+        lo_ptr, lo_mask = state_tile(ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
+        hi_ptr, hi_mask = state_tile(ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
+        tl.store(lo_ptr, s_lo, mask=lo_mask & ok)
+        tl.store(hi_ptr, s_hi, mask=hi_mask & ok)
+    if REST:
+        re_ptr, re_mask = state_tile(ptr, k, head, H, P, N, offs_p, 2 * HALF, N - 2 * HALF, RB)
+        tl.store(re_ptr, s_re, mask=re_mask & ok)
 
 
 @triton.jit

@@ -17,19 +17,21 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..registry import INTERPRET
-from .triton_common import load_cols, load_rotated_halves, mm, rope_tables, segment_chunks, sequence_range, state_tile
+from .triton_common import (
+    TILE_KEY,
+    configs,
+    load_cols,
+    load_rotated_halves,
+    load_state,
+    mm,
+    rope_tables,
+    segment_chunks,
+    sequence_range,
+    store_state,
+)
 
 
-def _configs():
-    if INTERPRET:  # the interpreter takes exactly one config
-        return [triton.Config({}, num_warps=4, num_stages=1)]
-    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (8, 2), (4, 3))]
-
-
-# Lengths, batch, head and group counts are not in the key: a new length never re-tunes.
-@triton.autotune(configs=_configs(), key=["P", "N", "Q", "BLOCK_P", "HB", "RB", "ROPE", "REST", "DOT",
-                                          "WRITE_FINAL"])
+@triton.autotune(configs=configs(((4, 2), (8, 2), (4, 3))), key=TILE_KEY + ["WRITE_FINAL"])
 @triton.jit
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
@@ -51,18 +53,7 @@ def _ssd_fwd_kernel(
     R = 2 * HALF  # first channel of the rest segment
     Bg = B_ptr + group * N
     Cg = C_ptr + group * N
-    lo_ptr, lo_mask = state_tile(h0_ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
-    hi_ptr, hi_mask = state_tile(h0_ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
-    re_ptr, re_mask = state_tile(h0_ptr, k, head, H, P, N, offs_p, R, N - R, RB)
-    s_lo = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
-    s_hi = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
-    s_re = tl.zeros([BLOCK_P, RB], dtype=tl.float32)
-    if HAS_H0:
-        if ROPE:
-            s_lo = tl.load(lo_ptr, mask=lo_mask, other=0.0)
-            s_hi = tl.load(hi_ptr, mask=hi_mask, other=0.0)
-        if REST:
-            s_re = tl.load(re_ptr, mask=re_mask, other=0.0)
+    s_lo, s_hi, s_re = load_state(h0_ptr, k, head, H, P, N, offs_p, HALF, HAS_H0, BLOCK_P, HB, RB, ROPE, REST)
     if HAS_D:
         skip = tl.load(D_ptr + head).to(tl.float32)
     causal = steps[:, None] >= steps[None, :]
@@ -106,11 +97,4 @@ def _ssd_fwd_kernel(
             s_re = carry * s_re + mm(weighted, b_re, DOT)
 
     if WRITE_FINAL:
-        lo_ptr, lo_mask = state_tile(final_ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
-        hi_ptr, hi_mask = state_tile(final_ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
-        re_ptr, re_mask = state_tile(final_ptr, k, head, H, P, N, offs_p, R, N - R, RB)
-        if ROPE:
-            tl.store(lo_ptr, s_lo, mask=lo_mask)
-            tl.store(hi_ptr, s_hi, mask=hi_mask)
-        if REST:
-            tl.store(re_ptr, s_re, mask=re_mask)
+        store_state(final_ptr, k, head, H, P, N, offs_p, HALF, s_lo, s_hi, s_re, True, HB, RB, ROPE, REST)

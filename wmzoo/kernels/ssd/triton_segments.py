@@ -29,8 +29,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..registry import INTERPRET
 from .triton_common import (
+    TILE_KEY,
+    configs,
     load_cols,
     load_rotated_halves,
     mm_split_a,
@@ -38,20 +39,11 @@ from .triton_common import (
     rope_tables,
     segment_chunks,
     sequence_range,
-    state_tile,
+    store_state,
 )
 
 
-def _configs():
-    if INTERPRET:  # the interpreter takes exactly one config
-        return [triton.Config({}, num_warps=4, num_stages=1)]
-    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (8, 2))]
-
-
-_KEY = ["P", "N", "Q", "BLOCK_P", "HB", "RB", "ROPE", "REST", "DOT"]
-
-
-@triton.autotune(configs=_configs(), key=_KEY)
+@triton.autotune(configs=configs(((4, 2), (8, 2))), key=TILE_KEY)
 @triton.jit
 def _ssd_segment_states(
     x_ptr, dt_ptr, A_ptr, B_ptr, cu_ptr, cos_ptr, sin_ptr,
@@ -93,18 +85,11 @@ def _ssd_segment_states(
         if REST:
             b_re = load_cols(Bg, G * N, rows, row_mask, R, N - R, RB)
             s_re = carry * s_re + mm_split_a(weighted, b_re, DOT)
-    lo_ptr, lo_mask = state_tile(states_ptr, idx, head, H, P, N, offs_p, 0, HALF, HB)
-    hi_ptr, hi_mask = state_tile(states_ptr, idx, head, H, P, N, offs_p, HALF, HALF, HB)
-    re_ptr, re_mask = state_tile(states_ptr, idx, head, H, P, N, offs_p, R, N - R, RB)
-    if ROPE:
-        tl.store(lo_ptr, s_lo, mask=lo_mask)
-        tl.store(hi_ptr, s_hi, mask=hi_mask)
-    if REST:
-        tl.store(re_ptr, s_re, mask=re_mask)
+    store_state(states_ptr, idx, head, H, P, N, offs_p, HALF, s_lo, s_hi, s_re, True, HB, RB, ROPE, REST)
     tl.store(dec_ptr + idx * H + head, dec)  # the same value from every block of p
 
 
-@triton.autotune(configs=_configs(), key=_KEY)
+@triton.autotune(configs=configs(((4, 2), (8, 2))), key=TILE_KEY)
 @triton.jit
 def _ssd_segment_dstates(
     dy_ptr, dt_ptr, A_ptr, C_ptr, cu_ptr, cos_ptr, sin_ptr,
@@ -143,14 +128,7 @@ def _ssd_segment_dstates(
         if REST:
             c_re = load_cols(Cg, G * N, rows, row_mask, R, N - R, RB)
             ds_re = carry * ds_re + mm_split_a(weighted, c_re, DOT)
-    lo_ptr, lo_mask = state_tile(dstates_ptr, idx, head, H, P, N, offs_p, 0, HALF, HB)
-    hi_ptr, hi_mask = state_tile(dstates_ptr, idx, head, H, P, N, offs_p, HALF, HALF, HB)
-    re_ptr, re_mask = state_tile(dstates_ptr, idx, head, H, P, N, offs_p, R, N - R, RB)
-    if ROPE:
-        tl.store(lo_ptr, ds_lo, mask=lo_mask)
-        tl.store(hi_ptr, ds_hi, mask=hi_mask)
-    if REST:
-        tl.store(re_ptr, ds_re, mask=re_mask)
+    store_state(dstates_ptr, idx, head, H, P, N, offs_p, HALF, ds_lo, ds_hi, ds_re, True, HB, RB, ROPE, REST)
 
 
 @triton.jit
