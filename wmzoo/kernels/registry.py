@@ -71,7 +71,15 @@ def register_op(name: str, body: Callable, *, fake: Callable | None = None, opaq
     qualname = f"{NAMESPACE}::{name}"
     if USE_TRITON_OP and not opaque:
         return torch.library.triton_op(qualname, body, mutates_args=())
-    op = torch.library.custom_op(qualname, body, mutates_args=())
+    impl = body
+    if USE_TRITON_OP:  # opaque on CUDA: the body always runs on real tensors
+
+        def impl(*args, **kwargs):
+            with direct_launches():
+                return body(*args, **kwargs)
+
+    schema = torch.library.infer_schema(body, mutates_args=())
+    op = torch.library.custom_op(qualname, impl, mutates_args=(), schema=schema)
     if fake is None:
         raise ValueError(f"register_op({name!r}): a fake implementation is required on this platform")
     op.register_fake(fake)
@@ -81,9 +89,27 @@ def register_op(name: str, body: Callable, *, fake: Callable | None = None, opaq
 def launch(kernel):
     """Wrap a ``@triton.jit`` kernel so that a ``triton_op`` body exposes it to Inductor.
 
-    Outside tracing (eager, interpreter) this launches the kernel directly.
+    Eager calls inside a ``triton_op`` body, under :func:`direct_launches` and under the
+    interpreter go straight to the kernel; anywhere else on CUDA through the traceable wrapper.
     """
     return torch.library.wrap_triton(kernel)
+
+
+try:  # the switch triton_op itself uses for its eager calls
+    from torch._library.triton import set_wrap_triton_enabled as _set_wrap_triton_enabled
+except ImportError:  # an older torch: launches keep going through the wrapper (slower, correct)
+    _set_wrap_triton_enabled = None
+
+
+def direct_launches():
+    """A context in which :func:`launch`-ed kernels run straight away, not through the traceable
+    wrapper, whose eager dispatch as a higher-order op costs about 1 ms per launch (torch's own
+    figure, in ``set_wrap_triton_enabled``). For code that always runs on real tensors: opaque
+    op bodies and the decode path. While torch.compile traces, the wrapper stays on (it is what
+    makes the kernels traceable)."""
+    if _set_wrap_triton_enabled is None or torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return _set_wrap_triton_enabled(False)
 
 
 class Unsupported(Exception):

@@ -256,6 +256,22 @@ def test_cache_attend_through_triton_decode_matches_brute_force_rows(w):
         assert cache.slots <= w
 
 
+@pytest.mark.interpret
+def test_cache_attend_launches_the_decode_kernel_directly(monkeypatch):
+    """Decode runs eagerly on real tensors: its launches skip the traceable wrapper (~1 ms of
+    higher-order-op dispatch per launch on CUDA, which dominated the measured decode latency)."""
+    from torch._library.triton import is_wrap_triton_enabled
+
+    seen = []
+    decode = triton_backend.decode
+    monkeypatch.setattr(triton_backend, "decode", lambda *a: seen.append(is_wrap_triton_enabled()) or decode(*a))
+    q, k, v, bias = small_inputs(5, seed=3, h=2, hkv=2, d=16)
+    cache = DMAttnCache.empty(1, 2, 16, keep_window=3, dtype=torch.float32, device="cpu")
+    cache.update(k, v, bias)
+    cache.attend(q[:, -1:])
+    assert seen == [False] and is_wrap_triton_enabled()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("t,w", [(1000, None), (1000, 100), (2100, 300), (777, 1)])
 def test_gpu_bf16_matches_brute_force(t, w):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import FLOAT_DTYPES, check_positive, check_tensor
-from ..registry import triton_or_reference
+from ..registry import direct_launches, triton_or_reference
 
 try:  # optional fast decode kernel
     from . import triton_backend
@@ -143,8 +143,11 @@ class DMAttnCache:
         used = self.slots if self.keep_window is not None else self.length
         k, v = self.k[:, :used], self.v[:, :used]
         bias, valid = self.bias[:, :, :used], self.valid[:, :, :used]
-        return triton_or_reference((q, k), triton_backend and (lambda: triton_backend.decode(q, k, v, bias, valid, scale)),
-                                   lambda: _attend_torch(q, k, v, bias, valid, scale))
+        def decode():
+            with direct_launches():  # eager: the traceable launch wrapper would cost ~1 ms here
+                return triton_backend.decode(q, k, v, bias, valid, scale)
+
+        return triton_or_reference((q, k), triton_backend and decode, lambda: _attend_torch(q, k, v, bias, valid, scale))
 
 
 def _attend_torch(q, k, v, bias, valid, scale):
