@@ -26,7 +26,7 @@ step() {  # step SECONDS LOG command...: run with a time limit, keep the log, pr
     grep -v "DEBUG\|Warning\|warnings.warn" "$log" | tail -25
 }
 
-step 150 "$OUT/ssd_tests.log" python3 -m pytest -q -m gpu tests/kernels/ssd tests/blocks/test_ssd_block.py -p no:cacheprovider
+step 140 "$OUT/ssd_tests.log" python3 -m pytest -q -m gpu tests/kernels/ssd tests/blocks/test_ssd_block.py -p no:cacheprovider
 step 100 "$OUT/dm_tests.log" python3 -m pytest -q -m gpu tests/kernels/dmattn -p no:cacheprovider
-step 170 "$OUT/ssd/log" python3 benchmarks/bench_ssd.py --quick --no-fla --out "$OUT/ssd"
-step 150 "$OUT/dm/log" python3 benchmarks/bench_dmattn.py --out "$OUT/dm" --sections train --quick
+step 160 "$OUT/ssd/log" python3 benchmarks/bench_ssd.py --quick --no-fla --out "$OUT/ssd"
+step 170 "$OUT/dm/log" python3 benchmarks/bench_dmattn.py --out "$OUT/dm" --sections train,decode --quick
