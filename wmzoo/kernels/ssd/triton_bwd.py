@@ -35,6 +35,7 @@ import triton.language as tl
 
 from .triton_common import (
     TILE_KEY,
+    chunk_decays,
     configs,
     load_cols,
     load_rotated_halves,
@@ -43,9 +44,8 @@ from .triton_common import (
     mm_split_a,
     mm_split_b,
     operand,
+    program_chunks,
     rope_tables,
-    segment_chunks,
-    sequence_range,
     store_cols,
     store_state,
     unrotate,
@@ -66,8 +66,7 @@ def _ssd_bwd_forward_sweep(
     head = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_P)
     steps = tl.arange(0, Q)
-    start, end = sequence_range(cu_ptr, k // SEGS, T, HAS_CU)
-    c0, c1 = segment_chunks(start, end, Q, k % SEGS, SEGS)
+    start, end, c0, c1 = program_chunks(cu_ptr, k, T, Q, SEGS, HAS_CU)
     group = head // (H // G)
     A = tl.load(A_ptr + head).to(tl.float32)
     R = 2 * HALF
@@ -80,10 +79,7 @@ def _ssd_bwd_forward_sweep(
     for c in range(c0, c1):
         rows = start + c * Q + steps
         row_mask = rows < end
-        dt = tl.load(dt_ptr + rows * H + head, mask=row_mask, other=0.0).to(tl.float32)
-        a = dt * A
-        lam = tl.cumsum(a, axis=0)
-        lam_end = tl.sum(a, axis=0)
+        dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         xd = x * dt[:, None]
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
@@ -139,8 +135,7 @@ def _ssd_bwd_reverse_sweep(
     head = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_P)
     steps = tl.arange(0, Q)
-    start, end = sequence_range(cu_ptr, k // SEGS, T, HAS_CU)
-    c0, c1 = segment_chunks(start, end, Q, k % SEGS, SEGS)
+    start, end, c0, c1 = program_chunks(cu_ptr, k, T, Q, SEGS, HAS_CU)
     group = head // (H // G)
     A = tl.load(A_ptr + head).to(tl.float32)
     R = 2 * HALF
@@ -160,10 +155,7 @@ def _ssd_bwd_reverse_sweep(
     for i in range(0, c1 - c0):
         rows = start + (c1 - 1 - i) * Q + steps
         row_mask = rows < end
-        dt = tl.load(dt_ptr + rows * H + head, mask=row_mask, other=0.0).to(tl.float32)
-        a = dt * A
-        lam = tl.cumsum(a, axis=0)
-        lam_end = tl.sum(a, axis=0)
+        dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))  # [t, s]

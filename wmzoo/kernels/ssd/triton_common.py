@@ -103,13 +103,24 @@ def sequence_range(cu_ptr, k, T, HAS_CU: tl.constexpr):
 
 
 @triton.jit
-def segment_chunks(start, end, Q: tl.constexpr, seg, SEGS):
-    """Chunks [c0, c1) of segment ``seg`` of ``SEGS`` (equal runs of whole chunks; the last
-    ones may be short or empty) of the sequence at tokens [start, end)."""
+def program_chunks(cu_ptr, k, T, Q: tl.constexpr, SEGS, HAS_CU: tl.constexpr):
+    """Token range [start, end) of the sequence of program ``k`` (= sequence x SEGS + segment)
+    and the chunks [c0, c1) of its segment: equal runs of whole chunks, the last ones short or
+    empty. With SEGS = 1, the whole sequence."""
+    start, end = sequence_range(cu_ptr, k // SEGS, T, HAS_CU)
     nch = tl.cdiv(end - start, Q)
     per = tl.cdiv(nch, SEGS)
-    c0 = tl.minimum(seg * per, nch)
-    return c0, tl.minimum(c0 + per, nch)
+    c0 = tl.minimum((k % SEGS) * per, nch)
+    return start, end, c0, tl.minimum(c0 + per, nch)
+
+
+@triton.jit
+def chunk_decays(dt_ptr, rows, row_mask, H, head, A):
+    """dt of a chunk's rows (0 past the sequence end: no decay, no input) and its log decays:
+    Lam_t = a_1 + ... + a_t with a = dt A, and Lam_Q."""
+    dt = tl.load(dt_ptr + rows * H + head, mask=row_mask, other=0.0).to(tl.float32)
+    a = dt * A
+    return dt, tl.cumsum(a, axis=0), tl.sum(a, axis=0)
 
 
 @triton.jit

@@ -19,14 +19,14 @@ import triton.language as tl
 
 from .triton_common import (
     TILE_KEY,
+    chunk_decays,
     configs,
     load_cols,
     load_rotated_halves,
     load_state,
     mm,
+    program_chunks,
     rope_tables,
-    segment_chunks,
-    sequence_range,
     store_state,
 )
 
@@ -45,8 +45,7 @@ def _ssd_fwd_kernel(
     head = tl.program_id(1)
     offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     steps = tl.arange(0, Q)
-    start, end = sequence_range(cu_ptr, k // SEGS, T, HAS_CU)
-    c0, c1 = segment_chunks(start, end, Q, k % SEGS, SEGS)
+    start, end, c0, c1 = program_chunks(cu_ptr, k, T, Q, SEGS, HAS_CU)
     group = head // (H // G)
     A = tl.load(A_ptr + head).to(tl.float32)
     p_mask = offs_p < P
@@ -62,10 +61,7 @@ def _ssd_fwd_kernel(
         rows = start + c * Q + steps
         row_mask = rows < end
         # Past the sequence end dt = x = B = C = 0: those steps neither decay nor feed the state.
-        dt = tl.load(dt_ptr + rows * H + head, mask=row_mask, other=0.0).to(tl.float32)
-        a = dt * A
-        lam = tl.cumsum(a, axis=0)
-        lam_end = tl.sum(a, axis=0)
+        dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, tl.program_id(2) * BLOCK_P, P - tl.program_id(2) * BLOCK_P, BLOCK_P)
         xd = x * dt[:, None]
         scores = tl.zeros([Q, Q], dtype=tl.float32)

@@ -2,7 +2,7 @@
 
 The chunked kernels walk a sequence's chunks one after another, so with few (sequence, head)
 programs (B1 T32768 H32: 32 programs on 132 SMs) the GPU idles. Cutting every sequence into
-SEGS segments of whole chunks (``segment_chunks``) lets the kernels run the segments in
+SEGS segments of whole chunks (``program_chunks``) lets the kernels run the segments in
 parallel, given the state each segment starts from:
 
 1. ``_ssd_segment_states``: per (sequence x segment, head, block of p) the state the segment
@@ -31,14 +31,14 @@ import triton.language as tl
 
 from .triton_common import (
     TILE_KEY,
+    chunk_decays,
     configs,
     load_cols,
     load_rotated_halves,
     mm_split_a,
     operand,
+    program_chunks,
     rope_tables,
-    segment_chunks,
-    sequence_range,
     store_state,
 )
 
@@ -57,8 +57,7 @@ def _ssd_segment_states(
     p0 = tl.program_id(2) * BLOCK_P
     offs_p = p0 + tl.arange(0, BLOCK_P)
     steps = tl.arange(0, Q)
-    start, end = sequence_range(cu_ptr, idx // SEGS, T, HAS_CU)
-    c0, c1 = segment_chunks(start, end, Q, idx % SEGS, SEGS)
+    start, end, c0, c1 = program_chunks(cu_ptr, idx, T, Q, SEGS, HAS_CU)
     A = tl.load(A_ptr + head).to(tl.float32)
     R = 2 * HALF
     Bg = B_ptr + (head // (H // G)) * N
@@ -69,10 +68,7 @@ def _ssd_segment_states(
     for c in range(c0, c1):
         rows = start + c * Q + steps
         row_mask = rows < end
-        dt = tl.load(dt_ptr + rows * H + head, mask=row_mask, other=0.0).to(tl.float32)
-        a = dt * A
-        lam = tl.cumsum(a, axis=0)
-        lam_end = tl.sum(a, axis=0)
+        dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         dec += lam_end
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, p0, P - p0, BLOCK_P)
         weighted = tl.trans(x * (dt * tl.exp(lam_end - lam))[:, None])
@@ -102,8 +98,7 @@ def _ssd_segment_dstates(
     head = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_P)
     steps = tl.arange(0, Q)
-    start, end = sequence_range(cu_ptr, idx // SEGS, T, HAS_CU)
-    c0, c1 = segment_chunks(start, end, Q, idx % SEGS, SEGS)
+    start, end, c0, c1 = program_chunks(cu_ptr, idx, T, Q, SEGS, HAS_CU)
     A = tl.load(A_ptr + head).to(tl.float32)
     R = 2 * HALF
     Cg = C_ptr + (head // (H // G)) * N
@@ -113,10 +108,7 @@ def _ssd_segment_dstates(
     for i in range(0, c1 - c0):
         rows = start + (c1 - 1 - i) * Q + steps
         row_mask = rows < end
-        dt = tl.load(dt_ptr + rows * H + head, mask=row_mask, other=0.0).to(tl.float32)
-        a = dt * A
-        lam = tl.cumsum(a, axis=0)
-        lam_end = tl.sum(a, axis=0)
+        dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         weighted = tl.trans(dy * tl.exp(lam)[:, None])
         carry = tl.exp(lam_end)
