@@ -184,3 +184,9 @@ def reference_vjp(
 def empty_like_none(ref: torch.Tensor) -> torch.Tensor:
     """The stand-in for an absent tensor output (op schemas cannot return ``None``)."""
     return ref.new_empty(0)
+
+
+def contiguous_outputs(outputs) -> tuple[torch.Tensor, ...]:
+    """Op outputs made contiguous, as the fakes promise (reference results can be views, and
+    Inductor plans with the fakes' strides)."""
+    return tuple(t.contiguous() for t in outputs)

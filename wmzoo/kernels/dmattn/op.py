@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..checks import FLOAT_DTYPES, check_cu_seqlens, check_divides, check_positive, check_tensor
-from ..registry import empty_like_none, register_op, triton_or_reference
+from ..registry import contiguous_outputs, empty_like_none, register_op, triton_or_reference
 from .reference import dmattn_reference, dmattn_reference_backward
 
 try:  # the Triton backend is optional: without triton the reference serves every device
@@ -56,12 +56,7 @@ def _fwd_body(
                                   cu_seqlens=cu_seqlens)
         return o, lse, *_no_window_lists(q)
 
-    return _contiguous(triton_or_reference((q, k, v, bias, cu_seqlens), triton_backend and triton, reference))
-
-
-def _contiguous(outputs):
-    """The fakes promise contiguous outputs (the ops are opaque: Inductor plans with them)."""
-    return tuple(z.contiguous() for z in outputs)
+    return contiguous_outputs(triton_or_reference((q, k, v, bias, cu_seqlens), triton_backend and triton, reference))
 
 
 def _fwd_fake(q, k, v, bias, cu_seqlens, keep_window, scale):
@@ -83,7 +78,7 @@ def _bwd_body(
     cu_seqlens: Optional[Tensor], keep_window: int, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The Triton backward reuses the forward's window selection (kept, kept_bias, theta)."""
-    return _contiguous(triton_or_reference(
+    return contiguous_outputs(triton_or_reference(
         (do, q, k, v, bias, cu_seqlens),
         triton_backend and (lambda: triton_backend.backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta,
                                                             cu_seqlens, keep_window, scale)),

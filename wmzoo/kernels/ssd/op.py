@@ -22,7 +22,13 @@ from ..checks import (
     check_power_of_two,
     check_tensor,
 )
-from ..registry import empty_like_none, reference_vjp, register_op, triton_or_reference
+from ..registry import (
+    contiguous_outputs,
+    empty_like_none,
+    reference_vjp,
+    register_op,
+    triton_or_reference,
+)
 from .reference import compute_dtype, ssd_reference, ssd_step_reference
 
 try:
@@ -41,13 +47,8 @@ def _backend(name: str):
     return None if triton_backend is None else getattr(triton_backend, name)
 
 
-def _contiguous(outputs) -> tuple[Tensor, ...]:
-    """Op outputs are contiguous, as the fakes promise (reference results can be views)."""
-    return tuple(t.contiguous() for t in outputs)
-
-
 def _absent_to_empty(grads, ref: Tensor) -> tuple[Tensor, ...]:
-    return _contiguous(empty_like_none(ref) if g is None else g for g in grads)
+    return contiguous_outputs(empty_like_none(ref) if g is None else g for g in grads)
 
 
 def _empty_fakes(tensors, ref: Tensor) -> tuple[Tensor, ...]:
@@ -79,7 +80,7 @@ def _ssd_fwd_body(
 ) -> tuple[Tensor, Tensor]:
     args = (x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin, chunk_size)
     forward = _backend("forward")
-    return _contiguous(triton_or_reference((x,), forward and (lambda: forward(*args)), lambda: ssd_reference(*args)))
+    return contiguous_outputs(triton_or_reference((x,), forward and (lambda: forward(*args)), lambda: ssd_reference(*args)))
 
 
 def _ssd_fwd_fake(x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin, chunk_size):
@@ -110,7 +111,7 @@ def _ssd_bwd_body(
     backward = _backend("backward")
 
     def triton():
-        return _contiguous(backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state,
+        return contiguous_outputs(backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state,
                                     cu_seqlens, rope_cos, rope_sin, chunk_size))
 
     def reference():
@@ -164,7 +165,7 @@ def _ssd_step_body(
 ) -> tuple[Tensor, Tensor]:
     args = (state, x, dt, A, B, C, D, rope_cos, rope_sin)
     step = _backend("step")
-    return _contiguous(triton_or_reference((x,), step and (lambda: step(*args)), lambda: ssd_step_reference(*args)))
+    return contiguous_outputs(triton_or_reference((x,), step and (lambda: step(*args)), lambda: ssd_step_reference(*args)))
 
 
 def _ssd_step_fake(state, x, dt, A, B, C, D, rope_cos, rope_sin):
