@@ -156,7 +156,9 @@ def smoke_dir(tmp_path_factory):
     try:
         main(["mqar", "--grid", "smoke", "--out", str(out), "--shard", "0/2"])
         main(["mqar", "--grid", "smoke", "--out", str(out), "--shard", "1/2"])
-        main(["rope-ssd", "--config", "smoke", "--out", str(out)])
+        # One seed per call, as parallel processes on a GPU do; they share the result file.
+        for seed in rope_ssd.CONFIGS["smoke"].seeds:
+            main(["rope-ssd", "--config", "smoke", "--out", str(out), "--seeds", str(seed)])
     finally:
         torch.set_num_threads(threads)
     return out
@@ -190,6 +192,7 @@ def test_rope_ssd_smoke_writes_outputs_and_pairs_the_arms(smoke_dir):
     data = json.loads((smoke_dir / "rope_ssd-smoke.json").read_text())
     cfg = rope_ssd.CONFIGS["smoke"]
     assert set(data["records"]) == {rope_ssd.run_key(a, s) for a in rope_ssd.ARMS for s in cfg.seeds}
+    assert data["meta"]["protocol"]["seeds"] == list(cfg.seeds)  # the whole config, not the last call's seed
     assert (smoke_dir / "rope_ssd-smoke.png").stat().st_size > 0
     summary = rope_ssd.summarize(data["records"])
     r = data["records"]

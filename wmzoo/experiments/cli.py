@@ -37,6 +37,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--data", help="text file, directory or tarball (default: the small embedded text)")
     p.add_argument("--arms", default="rope,norope", help="comma-separated subset of rope,norope")
     p.add_argument("--steps", type=int, help="override the config's training steps")
+    p.add_argument("--seeds", help="comma-separated seeds to run (default: the config's); one process per seed "
+                                   "can share a result folder")
     _common(p)
     p.set_defaults(func=cmd_rope_ssd)
 
@@ -93,14 +95,20 @@ def cmd_rope_ssd(args) -> None:
     cfg = rope_ssd.CONFIGS[args.config]
     if args.steps:
         cfg = replace(cfg, steps=args.steps)
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = tuple(int(v) for v in args.seeds.split(","))
+        except ValueError:
+            raise SystemExit(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
     arms = tuple(a for a in args.arms.split(",") if a)
     bad = [a for a in arms if a not in rope_ssd.ARMS]
     if bad or not arms:
         raise SystemExit(f"--arms: expected a comma-separated subset of {','.join(rope_ssd.ARMS)}, got {args.arms!r}")
     out = _out_dir(args, args.config)
     store = ResultStore(out / f"rope_ssd-{args.config}.json")
-    rope_ssd.run_ablation(cfg, store, data=args.data, device=args.device, arms=arms, max_minutes=args.max_minutes,
-                          command=_command(args))
+    rope_ssd.run_ablation(cfg, store, data=args.data, device=args.device, arms=arms, seeds=seeds,
+                          max_minutes=args.max_minutes, command=_command(args))
     print(rope_ssd.write_outputs(store.path))
 
 

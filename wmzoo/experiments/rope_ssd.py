@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -107,9 +107,14 @@ def train_run(arm: str, seed: int, cfg: Ablation, train_tokens, held_tokens, dev
             "train_seconds": round(train_seconds, 2), "params": count_params(model)}
 
 
-def run_ablation(cfg: Ablation, store: ResultStore, data=None, device=None, arms=ARMS,
+def run_ablation(cfg: Ablation, store: ResultStore, data=None, device=None, arms=ARMS, seeds=None,
                  max_minutes=None, command="", log=print) -> None:
+    """Train and evaluate every (seed, arm) not stored yet. ``seeds`` runs a subset (one
+    process per seed sharing ``store``); the stored protocol lists all of the config's seeds
+    and any extra ones asked for."""
     device = pick_device(device)
+    seeds = cfg.seeds if seeds is None else tuple(seeds)
+    cfg = replace(cfg, seeds=tuple(sorted(set(cfg.seeds) | set(seeds))))
     docs = read_documents(data)
     train_tokens, held_tokens = train_eval_split(docs)
     store.start(asdict(cfg), axes=("seeds", "notes"), experiment="rope-ssd", hardware=hardware(), command=command,
@@ -118,7 +123,7 @@ def run_ablation(cfg: Ablation, store: ResultStore, data=None, device=None, arms
                             "train_bytes": len(train_tokens), "held_out_bytes": len(held_tokens)})
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     done = store.records()
-    for seed in cfg.seeds:
+    for seed in seeds:
         for arm in arms:
             if run_key(arm, seed) in done:
                 continue
