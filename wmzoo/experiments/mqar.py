@@ -130,7 +130,9 @@ def evaluate(model: TinyLM, task: MQARTask, grid: Grid, device) -> float:
     return float(correct) / total
 
 
-def train_run(mixer: str, seq_len: int, width: int, lr: float, grid: Grid, device) -> dict:
+def train_run(mixer: str, seq_len: int, width: int, lr: float, grid: Grid, device, log=None) -> dict:
+    """One run of the sweep; ``log`` (if given) gets a progress line at each loss-curve point, so
+    a run killed by a time limit still shows how far it got and whether it was learning."""
     task = MQARTask(seq_len, vocab=grid.vocab)
     torch.manual_seed(grid.seed)
     model = build_model(mixer, width, grid).to(device)
@@ -152,6 +154,9 @@ def train_run(mixer: str, seq_len: int, width: int, lr: float, grid: Grid, devic
         sched.step()
         if step % every == every - 1 or step == grid.steps - 1:
             curve.append((step + 1, round(float(loss.detach()), 4)))
+            if log is not None:
+                log(f"mqar {run_key(mixer, seq_len, width, lr)}: step {step + 1}/{grid.steps} "
+                    f"loss {curve[-1][1]:.3f} ({time.perf_counter() - start:.0f} s)")
     final_loss = float(loss.detach())
     train_seconds = time.perf_counter() - start
     return {
@@ -191,7 +196,7 @@ def run_grid(grid: Grid, store: ResultStore, device=None, shard=(0, 1), max_minu
         if any(r["accuracy"] >= SOLVED for r in cell_runs(store.records(), m, t, d)):
             continue  # an earlier learning rate of this cell solved it
         try:
-            record = train_run(m, t, d, lr, grid, device)
+            record = train_run(m, t, d, lr, grid, device, log=log)
         except Exception as e:  # one broken cell must not cost the rest of the grid
             store.put_error(run_key(m, t, d, lr), e)
             log(f"mqar {run_key(m, t, d, lr)}: FAILED: {type(e).__name__}: {e}")

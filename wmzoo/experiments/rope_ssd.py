@@ -82,14 +82,16 @@ def perplexity(model: TinyLM, windows: torch.Tensor, batch: int, device) -> floa
     return math.exp(total / windows[:, 1:].numel())
 
 
-def train_run(arm: str, seed: int, cfg: Ablation, train_tokens, held_tokens, device) -> dict:
+def train_run(arm: str, seed: int, cfg: Ablation, train_tokens, held_tokens, device, log=None) -> dict:
+    """One (arm, seed) run; ``log`` (if given) gets a progress line ten times per run."""
     torch.manual_seed(seed)  # same initial weights for both arms (RoPE adds no parameters)
     model = TinyLM(hybrid_specs(cfg.layers, cfg.head_dim, arm == "rope"), cfg.d_model, VOCAB).to(device)
     opt = make_optimizer(model, cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.steps))
     gen = torch.Generator().manual_seed(seed)  # same windows, in the same order, for both arms
     start = time.perf_counter()
-    for _ in range(cfg.steps):
+    every = max(1, cfg.steps // 10)
+    for step in range(cfg.steps):
         w = random_windows(train_tokens, cfg.train_len, cfg.batch, gen).to(device, non_blocking=True)
         with autocast(device):
             logits = model(w[:, :-1])
@@ -99,6 +101,9 @@ def train_run(arm: str, seed: int, cfg: Ablation, train_tokens, held_tokens, dev
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        if log is not None and step % every == every - 1:
+            log(f"rope-ssd {run_key(arm, seed)}: step {step + 1}/{cfg.steps} loss {float(loss.detach()):.3f} "
+                f"({time.perf_counter() - start:.0f} s)")
     train_seconds = time.perf_counter() - start
     eval_batch = max(1, cfg.batch * cfg.train_len // max(cfg.eval_lens))
     ppl = {str(n): perplexity(model, eval_windows(held_tokens, n, cfg.eval_tokens), eval_batch, device)
@@ -131,7 +136,7 @@ def run_ablation(cfg: Ablation, store: ResultStore, data=None, device=None, arms
                 log("rope-ssd: time limit reached; the remaining runs stay pending (rerun to resume)")
                 return
             try:
-                record = train_run(arm, seed, cfg, train_tokens, held_tokens, device)
+                record = train_run(arm, seed, cfg, train_tokens, held_tokens, device, log=log)
             except Exception as e:  # keep going: the other arm/seeds are still worth having
                 store.put_error(run_key(arm, seed), e)
                 log(f"rope-ssd {run_key(arm, seed)}: FAILED: {type(e).__name__}: {e}")
