@@ -15,8 +15,8 @@
 # - bench_ssd --quick --no-fla: the g = h gate prints within 160 s, then the RoPE r = 32 case
 #   (n 128) compiles for minutes, so this step ends at its limit until that kernel compiles
 #   faster. Limit 140 s.
-# - bench_dmattn: train + decode took 98 s after imports; decode alone (what this call checks: the direct
-#   launches) is not timed separately. Limit 50 s. For the training shapes run
+# - bench_dmattn: train + decode took 98 s after imports; decode alone (what this call checks:
+#   the direct launches) is not timed separately. Limit 50 s. For the training shapes run
 #   `--sections train,decode --quick` in a call of its own.
 # fla is left out: its first call autotuned for more than three minutes there.
 set -u
