@@ -4,9 +4,10 @@ lists and return tuples, see op.py) and ``warmup``. Inputs the kernels cannot ta
 
 No host syncs: sequence boundaries are read from ``cu_seqlens`` inside the kernels, and every
 branch here depends on shapes and dtypes only. With fewer (sequence, head) programs than SMs,
-each sequence is cut into segments that run in parallel (``segments``, triton_segments). The backward's kernels write dB and dC (RoPE's
-transpose already applied) per head; with g < h, summing each group's heads is the one torch
-op after them (fp32 per-head buffers), with g = h they write the gradients in place.
+each sequence is cut into segments that run in parallel (``segments``, triton_segments). The
+backward's kernels write dB~ and dC~ (gradients w.r.t. the rotated B, C) per head; with g < h,
+summing each group's heads is a torch op after them (fp32 per-head buffers), with g = h they
+write in place; with RoPE, one elementwise kernel then turns them back (RoPE's transpose).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import triton
 
 from ..registry import Unsupported, empty_like_none, launch
 from .triton_bwd import _ssd_bwd_forward_sweep, _ssd_bwd_reverse_sweep
-from .triton_common import DOT_BF16, DOT_FP16, DOT_IEEE
+from .triton_common import DOT_BF16, DOT_FP16, DOT_IEEE, _unrotate_kernel
 from .triton_fwd import _ssd_fwd_kernel
 from .triton_segments import (
     _ssd_chain_dstates,
@@ -42,9 +43,9 @@ MAX_SEGMENTS = 16
 CHAIN_BLOCK_P = 16
 # Smallest tile side of any tl.dot. On the H200 with triton 3.6 (benchmarks/ssd_probe_configs.py,
 # docs/benchmarks/ssd.md) every probed config gave wrong results or illegal memory accesses
-# once some dot had a side of 16 or 32 (p blocks, RoPE halves), and every config was correct
-# with all sides >= 64; so on CUDA tiles are padded (masked) up to 64. tl.dot's own minimum,
-# 16, is kept on CPU, where the interpreter computes dots exactly.
+# once some dot had a side of 16 or 32 (p blocks, the RoPE halves of an earlier tile layout),
+# and every config was correct with all sides >= 64; so on CUDA tiles are padded (masked) up
+# to 64. tl.dot's own minimum, 16, is kept on CPU, where the interpreter computes dots exactly.
 MIN_TILE_CUDA = 64
 MIN_TILE_CPU = 16
 
@@ -85,11 +86,20 @@ def _min_tile(x: torch.Tensor) -> int:
 
 
 def _tiles(p: int, n: int, half: int, floor: int) -> dict:
-    """Tile sizes: p, and the n channels as segments lo, hi = [0, half), [half, 2 half), rest.
-    An absent segment gets a nominal size; its code is compiled out (ROPE / REST false)."""
-    rest = n - 2 * half
-    return dict(BLOCK_P=_pow2(p, floor), HB=_pow2(half, floor) if half else 16,
-                RB=_pow2(rest, floor) if rest else 16, ROPE=half > 0, REST=rest > 0)
+    """Tile sizes of p and of all n channels (RoPE rotates on load, so it changes no tile)."""
+    return dict(BLOCK_P=_pow2(p, floor), NB=_pow2(n, floor), ROPE=half > 0)
+
+
+UNROTATE_BLOCK_T = 64
+
+
+def _unrotate(d: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:
+    """RoPE's transpose applied in place to d (tokens, heads, n), a gradient w.r.t. rotated
+    channels; tables (tokens, half). Returns d."""
+    tokens, heads, n = d.shape
+    launch(_unrotate_kernel)[(triton.cdiv(tokens, UNROTATE_BLOCK_T), heads)](
+        d, cos, sin, tokens, heads, n, half, BLOCK_T=UNROTATE_BLOCK_T, HB=_pow2(half))
+    return d
 
 
 def _rope(rope_cos, rope_sin, dummy):
@@ -180,11 +190,14 @@ def _grad_buffer(like: torch.Tensor, h: int, varlen: bool) -> torch.Tensor:
     return make(b * t, h, n, dtype=dtype, device=like.device)
 
 
-def _heads_to_groups(d_heads: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _group_grad(d_heads: torch.Tensor, like: torch.Tensor, cos, sin, half: int) -> torch.Tensor:
+    """dB or dC from the kernels' per-head gradients w.r.t. the rotated B~ / C~: the heads of
+    each group summed (g < h, in fp32), then RoPE's transpose, then like's dtype."""
     b, t, g, n = like.shape
-    if d_heads.dtype == like.dtype and d_heads.shape[1] == g:
-        return d_heads.view(b, t, g, n)
-    return d_heads.view(b, t, g, -1, n).sum(3).to(like.dtype)
+    d = d_heads if d_heads.shape[1] == g else d_heads.view(b * t, g, -1, n).sum(2)
+    if half:
+        _unrotate(d, cos, sin, half)
+    return d.view(b, t, g, n).to(like.dtype)
 
 
 def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin,
@@ -251,7 +264,9 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
     dA = dA_part.sum(0).to(A.dtype)
     dD = empty_like_none(x) if D is None else dD_part.sum(0).to(D.dtype)
     d_initial = empty_like_none(x) if initial_state is None else dh0
-    return dx, ddt, dA, _heads_to_groups(dB_heads, B), _heads_to_groups(dC_heads, C), dD, d_initial
+    dB = _group_grad(dB_heads, B, cos, sin, half)
+    dC = _group_grad(dC_heads, C, cos, sin, half)
+    return dx, ddt, dA, dB, dC, dD, d_initial
 
 
 def step(state, x, dt, A, B, C, D, rope_cos, rope_sin):

@@ -14,9 +14,9 @@ The decays: with G_t the cumulative log decay over the whole sequence, the loss 
 only through exp(G_t - G_s) and exp(G_t) factors, which gives
     dL/dG_t = C~_t . dC~_t - B~_t . dB~_t  (+ <dfinal, final> at the last token),
 so d a_s = sum_{t>=s} dL/dG_t, a reverse cumsum the reverse sweep carries across chunks; then
-ddt_s = x_s . dxd_s + A d a_s and dA = sum_s dt_s d a_s. dB and dC are rotated back inside
-the kernels: RoPE's transpose is applied to them in registers (per head; the backend sums
-the heads of a group when g < h). Tiles over n are column segments as in triton_fwd.
+ddt_s = x_s . dxd_s + A d a_s and dA = sum_s dt_s d a_s. The kernels write dB~ and dC~ (per
+head); the backend sums the heads of a group when g < h and then applies RoPE's transpose
+(triton_common._unrotate_kernel). B~, C~ and the states are single n-wide tiles as in triton_fwd.
 
 Precision of dA: the per-token dL/dG_t are large and cancel over the sequence (every pair of
 tokens enters once with + and once with -), and dA sums them all, so each pair must be the same
@@ -38,18 +38,29 @@ from .triton_common import (
     chunk_decays,
     configs,
     load_cols,
-    load_rotated_halves,
+    load_rotated,
     load_state,
     mm,
     mm_split_a,
     mm_split_b,
     operand,
     program_chunks,
-    rope_tables,
     store_cols,
     store_state,
-    unrotate,
 )
+
+
+@triton.jit
+def rotated_operands(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
+                     NB: tl.constexpr, ROPE: tl.constexpr, DOT: tl.constexpr):
+    """B~ and C~ of a chunk as the backward uses them: rotated, then rounded once to what tl.dot
+    sees (operand), so that products and elementwise uses see the same values."""
+    b = load_rotated(Bg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+    c = load_rotated(Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+    if ROPE:  # without RoPE the loads are exact in the half type already
+        b = operand(b, DOT)
+        c = operand(c, DOT)
+    return b, c
 
 
 @triton.autotune(configs=configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
@@ -59,8 +70,8 @@ def _ssd_bwd_forward_sweep(
     dC_ptr, cdc_ptr, dff_ptr,
     T, H, G, P, N, HALF, SEGS,
     HAS_DFINAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr,
-    ROPE: tl.constexpr, REST: tl.constexpr,
-    Q: tl.constexpr, BLOCK_P: tl.constexpr, HB: tl.constexpr, RB: tl.constexpr, DOT: tl.constexpr,
+    ROPE: tl.constexpr,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
 ):
     k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
     head = tl.program_id(1)
@@ -69,11 +80,10 @@ def _ssd_bwd_forward_sweep(
     start, end, c0, c1 = program_chunks(cu_ptr, k, T, Q, SEGS, HAS_CU)
     group = head // (H // G)
     A = tl.load(A_ptr + head).to(tl.float32)
-    R = 2 * HALF
     Bg = B_ptr + group * N
     Cg = C_ptr + group * N
-    dCh = dC_ptr + head * N  # dC per head: (tokens, h, n)
-    s_lo, s_hi, s_re = load_state(h0_ptr, k, head, H, P, N, offs_p, HALF, HAS_H0, BLOCK_P, HB, RB, ROPE, REST)
+    dCh = dC_ptr + head * N  # dC~ per head: (tokens, h, n)
+    s = load_state(h0_ptr, k, head, H, P, N, offs_p, HAS_H0, BLOCK_P, NB)
     causal = steps[:, None] >= steps[None, :]
 
     for c in range(c0, c1):
@@ -85,39 +95,18 @@ def _ssd_bwd_forward_sweep(
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))
         dyxd = mm(dy, tl.trans(x), DOT) * (dt[None, :] * decay)  # [t, s]; x, dy exact operands
-        e_lam = tl.exp(lam)[:, None]
-        c_dc = tl.zeros([Q], dtype=tl.float32)  # C~ . dC~ through the state only (see module doc)
+        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
+        st = tl.exp(lam)[:, None] * mm_split_b(dy, s, DOT)
+        dc = mm(dyxd, b, DOT) + st
+        # C~ . dC~ through the state only (see module doc)
+        tl.store(cdc_ptr + rows * H + head, tl.sum(c_t * st, axis=1), mask=row_mask)
+        store_cols(dCh, H * N, rows, row_mask, 0, N, dc, NB)
         weighted = tl.trans(xd * tl.exp(lam_end - lam)[:, None])
-        carry = tl.exp(lam_end)
-        if ROPE:
-            cos, sin = rope_tables(cos_ptr, sin_ptr, rows, row_mask, HALF, HB)
-            b_lo, b_hi = load_rotated_halves(Bg, G * N, rows, row_mask, cos, sin, HALF, HB)
-            c_lo, c_hi = load_rotated_halves(Cg, G * N, rows, row_mask, cos, sin, HALF, HB)
-            b_lo, b_hi, c_lo, c_hi = operand(b_lo, DOT), operand(b_hi, DOT), operand(c_lo, DOT), operand(c_hi, DOT)
-            st_lo = e_lam * mm_split_b(dy, s_lo, DOT)
-            st_hi = e_lam * mm_split_b(dy, s_hi, DOT)
-            dc_lo = mm(dyxd, b_lo, DOT) + st_lo
-            dc_hi = mm(dyxd, b_hi, DOT) + st_hi
-            c_dc += tl.sum(c_lo * st_lo, axis=1) + tl.sum(c_hi * st_hi, axis=1)
-            g_lo, g_hi = unrotate(dc_lo, dc_hi, cos, sin)
-            store_cols(dCh, H * N, rows, row_mask, 0, HALF, g_lo, HB)
-            store_cols(dCh, H * N, rows, row_mask, HALF, HALF, g_hi, HB)
-            s_lo = carry * s_lo + mm_split_a(weighted, b_lo, DOT)
-            s_hi = carry * s_hi + mm_split_a(weighted, b_hi, DOT)
-        if REST:
-            b_re = load_cols(Bg, G * N, rows, row_mask, R, N - R, RB)
-            c_re = load_cols(Cg, G * N, rows, row_mask, R, N - R, RB)
-            st_re = e_lam * mm_split_b(dy, s_re, DOT)
-            dc_re = mm(dyxd, b_re, DOT) + st_re
-            c_dc += tl.sum(c_re * st_re, axis=1)
-            store_cols(dCh, H * N, rows, row_mask, R, N - R, dc_re, RB)
-            s_re = carry * s_re + mm_split_a(weighted, b_re, DOT)
-        tl.store(cdc_ptr + rows * H + head, c_dc, mask=row_mask)
+        s = tl.exp(lam_end) * s + mm_split_a(weighted, b, DOT)
 
     # <dfinal, final>: the final state's term of dL/dG, at the last token.
-    f_lo, f_hi, f_re = load_state(dfinal_ptr, k, head, H, P, N, offs_p, HALF, HAS_DFINAL, BLOCK_P, HB, RB, ROPE, REST)
-    dff = tl.sum(tl.sum(f_lo * s_lo + f_hi * s_hi, axis=1), axis=0) + tl.sum(tl.sum(f_re * s_re, axis=1), axis=0)
-    tl.store(dff_ptr + k * H + head, dff)
+    f = load_state(dfinal_ptr, k, head, H, P, N, offs_p, HAS_DFINAL, BLOCK_P, NB)
+    tl.store(dff_ptr + k * H + head, tl.sum(tl.sum(f * s, axis=1), axis=0))
 
 
 @triton.autotune(configs=configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
@@ -128,8 +117,8 @@ def _ssd_bwd_reverse_sweep(
     dx_ptr, ddt_ptr, dB_ptr, dA_ptr, dD_ptr, dh0_ptr,
     T, H, G, P, N, HALF, SEGS,
     HAS_DFINAL: tl.constexpr, HAS_D: tl.constexpr, HAS_CU: tl.constexpr,
-    ROPE: tl.constexpr, REST: tl.constexpr,
-    Q: tl.constexpr, BLOCK_P: tl.constexpr, HB: tl.constexpr, RB: tl.constexpr, DOT: tl.constexpr,
+    ROPE: tl.constexpr,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
 ):
     k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
     head = tl.program_id(1)
@@ -138,11 +127,10 @@ def _ssd_bwd_reverse_sweep(
     start, end, c0, c1 = program_chunks(cu_ptr, k, T, Q, SEGS, HAS_CU)
     group = head // (H // G)
     A = tl.load(A_ptr + head).to(tl.float32)
-    R = 2 * HALF
     Bg = B_ptr + group * N
     Cg = C_ptr + group * N
-    dBh = dB_ptr + head * N  # dB per head: (tokens, h, n)
-    ds_lo, ds_hi, ds_re = load_state(dfinal_ptr, k, head, H, P, N, offs_p, HALF, HAS_DFINAL, BLOCK_P, HB, RB, ROPE, REST)
+    dBh = dB_ptr + head * N  # dB~ per head: (tokens, h, n)
+    ds = load_state(dfinal_ptr, k, head, H, P, N, offs_p, HAS_DFINAL, BLOCK_P, NB)
     if HAS_D:
         skip = tl.load(D_ptr + head).to(tl.float32)
     # d a_s = sum over t >= s of dL/dG_t; the final state's term sits at the last token. What
@@ -162,33 +150,12 @@ def _ssd_bwd_reverse_sweep(
         to_end = tl.exp(lam_end - lam)[:, None]
         dt_to_end = dt[:, None] * to_end  # xd dS = dt (x dS): x is exact in the half type
         dyxd_t = tl.trans(mm(dy, tl.trans(x), DOT) * (dt[None, :] * decay))  # [s, t]
-        scores = tl.zeros([Q, Q], dtype=tl.float32)
-        from_state = tl.zeros([Q, BLOCK_P], dtype=tl.float32)  # dS B~_s, for dxd
-        b_db = tl.zeros([Q], dtype=tl.float32)
-        if ROPE:
-            cos, sin = rope_tables(cos_ptr, sin_ptr, rows, row_mask, HALF, HB)
-            b_lo, b_hi = load_rotated_halves(Bg, G * N, rows, row_mask, cos, sin, HALF, HB)
-            c_lo, c_hi = load_rotated_halves(Cg, G * N, rows, row_mask, cos, sin, HALF, HB)
-            b_lo, b_hi, c_lo, c_hi = operand(b_lo, DOT), operand(b_hi, DOT), operand(c_lo, DOT), operand(c_hi, DOT)
-            scores += mm(c_lo, tl.trans(b_lo), DOT) + mm(c_hi, tl.trans(b_hi), DOT)
-            from_state += mm(b_lo, tl.trans(ds_lo), DOT) + mm(b_hi, tl.trans(ds_hi), DOT)
-            sb_lo = dt_to_end * mm_split_b(x, ds_lo, DOT)
-            sb_hi = dt_to_end * mm_split_b(x, ds_hi, DOT)
-            db_lo = mm(dyxd_t, c_lo, DOT) + sb_lo
-            db_hi = mm(dyxd_t, c_hi, DOT) + sb_hi
-            b_db += tl.sum(b_lo * sb_lo, axis=1) + tl.sum(b_hi * sb_hi, axis=1)
-            g_lo, g_hi = unrotate(db_lo, db_hi, cos, sin)
-            store_cols(dBh, H * N, rows, row_mask, 0, HALF, g_lo, HB)
-            store_cols(dBh, H * N, rows, row_mask, HALF, HALF, g_hi, HB)
-        if REST:
-            b_re = load_cols(Bg, G * N, rows, row_mask, R, N - R, RB)
-            c_re = load_cols(Cg, G * N, rows, row_mask, R, N - R, RB)
-            scores += mm(c_re, tl.trans(b_re), DOT)
-            from_state += mm(b_re, tl.trans(ds_re), DOT)
-            sb_re = dt_to_end * mm_split_b(x, ds_re, DOT)
-            db_re = mm(dyxd_t, c_re, DOT) + sb_re
-            b_db += tl.sum(b_re * sb_re, axis=1)
-            store_cols(dBh, H * N, rows, row_mask, R, N - R, db_re, RB)
+        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
+        scores = mm(c_t, tl.trans(b), DOT)
+        from_state = mm(b, tl.trans(ds), DOT)  # dS B~_s, for dxd
+        sb = dt_to_end * mm_split_b(x, ds, DOT)
+        b_db = tl.sum(b * sb, axis=1)
+        store_cols(dBh, H * N, rows, row_mask, 0, N, mm(dyxd_t, c_t, DOT) + sb, NB)
         dxd = mm(tl.trans(scores * decay), dy, DOT) + to_end * from_state
 
         # In-chunk part of dL/dG from W[t, s] = (dy_t . xd_s)(C~_t . B~_s) decay_ts, all fp32:
@@ -208,16 +175,10 @@ def _ssd_bwd_reverse_sweep(
         dA_acc += tl.sum(dt * da, axis=0)
         # dS entering this chunk: decayed through it, plus what its outputs read from it.
         weighted = tl.trans(dy * tl.exp(lam)[:, None])
-        carry = tl.exp(lam_end)
-        if ROPE:
-            ds_lo = carry * ds_lo + mm_split_a(weighted, c_lo, DOT)
-            ds_hi = carry * ds_hi + mm_split_a(weighted, c_hi, DOT)
-        if REST:
-            ds_re = carry * ds_re + mm_split_a(weighted, c_re, DOT)
+        ds = tl.exp(lam_end) * ds + mm_split_a(weighted, c_t, DOT)
 
     # dS at the sequence start = d initial_state, from the first segment's program
-    store_state(dh0_ptr, k // SEGS, head, H, P, N, offs_p, HALF, ds_lo, ds_hi, ds_re, k % SEGS == 0,
-                HB, RB, ROPE, REST)
+    store_state(dh0_ptr, k // SEGS, head, H, P, N, offs_p, ds, k % SEGS == 0, NB)
     # Per-(sequence, head) partial sums; the backend adds them up (deterministic, no atomics).
     tl.store(dA_ptr + k * H + head, dA_acc)
     tl.store(dD_ptr + k * H + head, dD_acc)

@@ -1,6 +1,5 @@
-"""Triton pieces shared by the SSD kernels: B / C tiles loaded in column segments with RoPE
-applied on load, states kept as matching column segments, the matrix product in the precision
-the inputs allow, and each program's token range.
+"""Triton pieces shared by the SSD kernels: B / C tiles with RoPE applied on load, state tiles,
+the matrix product in the precision the inputs allow, and each program's token range.
 
 Every chunked SSD kernel runs one program per (sequence, head[, block of p]) and walks that
 sequence's chunks in order; with too few such programs to fill the GPU, per (segment of a
@@ -9,11 +8,12 @@ first, then the segments run in parallel). A packed varlen batch is just a list 
 ranges come from ``cu_seqlens`` (read inside the kernel: no host sync); chunks start at each
 sequence's first token, so a chunk never holds two sequences and no state crosses a boundary.
 
-RoPE without gathers: the n channels of B, C and of the p x n state are handled as three column
-segments, ``lo`` = [0, r/2), ``hi`` = [r/2, r) and ``rest`` = [r, n). The rotation pairs lo with
-hi channel by channel, so the rotated tiles are two elementwise expressions of plain loads, and
-every product over n is the sum of its three segment products. Without RoPE only ``rest``
-(= all n channels) exists.
+RoPE on load, one tile over n: B~ and C~ (and the p x n state) are single tiles of all n
+channels; ``load_rotated`` forms the rotated tile from the plain load and a second load of each
+channel's rotation partner (channel i pairs with i + r/2 for i < r/2). No tile is split by the
+rotation, so RoPE adds no state math and no padding: only those loads and a few FMAs. The
+backward's kernels therefore produce gradients w.r.t. the rotated B~ and C~; RoPE's transpose is
+applied to them afterwards by ``_unrotate_kernel`` (elementwise, in place).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..registry import INTERPRET
 
 # The autotune key of the chunked kernels: tile shapes and modes, never lengths, batch, head or
 # group counts, so a new length never re-tunes.
-TILE_KEY = ["P", "N", "Q", "BLOCK_P", "HB", "RB", "ROPE", "REST", "DOT"]
+TILE_KEY = ["P", "N", "Q", "BLOCK_P", "NB", "ROPE", "DOT"]
 
 
 def configs(warps_stages):
@@ -139,76 +139,36 @@ def store_cols(ptr, row_stride, rows, row_mask, col0, width, value, BLOCK: tl.co
 
 
 @triton.jit
-def rope_tables(cos_ptr, sin_ptr, rows, row_mask, HALF, HB: tl.constexpr):
-    """cos, sin (Q, HB) of the chunk's tokens; tables (tokens, HALF) fp32."""
-    cos = load_cols(cos_ptr, HALF, rows, row_mask, 0, HALF, HB)
-    sin = load_cols(sin_ptr, HALF, rows, row_mask, 0, HALF, HB)
-    return cos, sin
+def state_tile(ptr, k, head, H, P, N, offs_p, NB: tl.constexpr):
+    """Pointers and mask of the (block of p) x n tile of state (k, head) of (states, h, p, n)."""
+    cols = tl.arange(0, NB)
+    offs = ((k.to(tl.int64) * H + head) * P + offs_p[:, None]) * N + cols[None, :]
+    return ptr + offs, (offs_p[:, None] < P) & (cols[None, :] < N)
 
 
 @triton.jit
-def load_rotated_halves(ptr, row_stride, rows, row_mask, cos, sin, HALF, HB: tl.constexpr):
-    """lo~ = lo cos - hi sin, hi~ = hi cos + lo sin (rotate-half RoPE), from two plain loads."""
-    lo = load_cols(ptr, row_stride, rows, row_mask, 0, HALF, HB)
-    hi = load_cols(ptr, row_stride, rows, row_mask, HALF, HALF, HB)
-    return lo * cos - hi * sin, hi * cos + lo * sin
-
-
-@triton.jit
-def unrotate(dlo, dhi, cos, sin):
-    """RoPE's transpose (turn by -angle): the gradient w.r.t. the unrotated channels."""
-    return dlo * cos + dhi * sin, dhi * cos - dlo * sin
-
-
-@triton.jit
-def state_tile(ptr, k, head, H, P, N, offs_p, col0, width, BLOCK: tl.constexpr):
-    """Pointers and mask of columns [col0, col0 + width) of state (k, head) (states, h, p, n)."""
-    cols = tl.arange(0, BLOCK)
-    offs = ((k.to(tl.int64) * H + head) * P + offs_p[:, None]) * N + col0 + cols[None, :]
-    return ptr + offs, (offs_p[:, None] < P) & (cols[None, :] < width)
-
-
-@triton.jit
-def load_state(ptr, k, head, H, P, N, offs_p, HALF, PRESENT: tl.constexpr, BLOCK_P: tl.constexpr,
-               HB: tl.constexpr, RB: tl.constexpr, ROPE: tl.constexpr, REST: tl.constexpr):
-    """State k of a (states, h, p, n) fp32 buffer as its column segments lo, hi, rest; zeros
-    where the input is not PRESENT and for segments that do not exist."""
-    s_lo = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
-    s_hi = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
-    s_re = tl.zeros([BLOCK_P, RB], dtype=tl.float32)
+def load_state(ptr, k, head, H, P, N, offs_p, PRESENT: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr):
+    """State k of a (states, h, p, n) fp32 buffer; zeros where the input is not PRESENT."""
+    s = tl.zeros([BLOCK_P, NB], dtype=tl.float32)
     if PRESENT:
-        if ROPE:
-            lo_ptr, lo_mask = state_tile(ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
-            hi_ptr, hi_mask = state_tile(ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
-            s_lo = tl.load(lo_ptr, mask=lo_mask, other=0.0)
-            s_hi = tl.load(hi_ptr, mask=hi_mask, other=0.0)
-        if REST:
-            re_ptr, re_mask = state_tile(ptr, k, head, H, P, N, offs_p, 2 * HALF, N - 2 * HALF, RB)
-            s_re = tl.load(re_ptr, mask=re_mask, other=0.0)
-    return s_lo, s_hi, s_re
+        s_ptr, s_mask = state_tile(ptr, k, head, H, P, N, offs_p, NB)
+        s = tl.load(s_ptr, mask=s_mask, other=0.0)
+    return s
 
 
 @triton.jit
-def store_state(ptr, k, head, H, P, N, offs_p, HALF, s_lo, s_hi, s_re, ok,
-                HB: tl.constexpr, RB: tl.constexpr, ROPE: tl.constexpr, REST: tl.constexpr):
-    """Store the column segments of state k where the scalar condition ``ok`` holds."""
-    if ROPE:
-        lo_ptr, lo_mask = state_tile(ptr, k, head, H, P, N, offs_p, 0, HALF, HB)
-        hi_ptr, hi_mask = state_tile(ptr, k, head, H, P, N, offs_p, HALF, HALF, HB)
-        tl.store(lo_ptr, s_lo, mask=lo_mask & ok)
-        tl.store(hi_ptr, s_hi, mask=hi_mask & ok)
-    if REST:
-        re_ptr, re_mask = state_tile(ptr, k, head, H, P, N, offs_p, 2 * HALF, N - 2 * HALF, RB)
-        tl.store(re_ptr, s_re, mask=re_mask & ok)
+def store_state(ptr, k, head, H, P, N, offs_p, s, ok, NB: tl.constexpr):
+    """Store state k where the scalar condition ``ok`` holds."""
+    s_ptr, s_mask = state_tile(ptr, k, head, H, P, N, offs_p, NB)
+    tl.store(s_ptr, s, mask=s_mask & ok)
 
 
 @triton.jit
 def load_rotated(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
                  BLOCK_N: tl.constexpr, ROPE: tl.constexpr):
-    """Whole rows (all n channels, fp32) with RoPE, the partner channels by a second load.
-
-    For the decode step, where a tile is one row and gathers cost nothing worth a segment split.
-    """
+    """Rows ``rows`` of B or C (all n channels, fp32) with RoPE applied to the first 2 HALF:
+    z~_i = z_i cos_i - z_{i+HALF} sin_i and z~_{i+HALF} = z_{i+HALF} cos_i + z_i sin_i, the
+    partner channels by a second load of the same rows (cache hits). Tables (tokens, HALF)."""
     cols = tl.arange(0, BLOCK_N)
     mask = row_mask[:, None] & (cols[None, :] < N)
     base = ptr + rows[:, None] * row_stride
@@ -225,3 +185,21 @@ def load_rotated(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
         sign = tl.where(first, -1.0, 1.0)
         z = z * cos + sign[None, :] * zp * sin
     return z
+
+
+@triton.jit
+def _unrotate_kernel(d_ptr, cos_ptr, sin_ptr, TOKENS, HEADS, N, HALF,
+                     BLOCK_T: tl.constexpr, HB: tl.constexpr):
+    """RoPE's transpose (a turn by -angle) in place on a (tokens, heads, n) gradient w.r.t. the
+    rotated channels: d_i <- d~_i cos_i + d~_{i+HALF} sin_i, d_{i+HALF} <- d~_{i+HALF} cos_i -
+    d~_i sin_i. One program per (block of tokens, head); elementwise, fp32 inside."""
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    head = tl.program_id(1)
+    row_mask = rows < TOKENS
+    cos = load_cols(cos_ptr, HALF, rows, row_mask, 0, HALF, HB)
+    sin = load_cols(sin_ptr, HALF, rows, row_mask, 0, HALF, HB)
+    base = d_ptr + head * N
+    lo = load_cols(base, HEADS * N, rows, row_mask, 0, HALF, HB)
+    hi = load_cols(base, HEADS * N, rows, row_mask, HALF, HALF, HB)
+    store_cols(base, HEADS * N, rows, row_mask, 0, HALF, lo * cos + hi * sin, HB)
+    store_cols(base, HEADS * N, rows, row_mask, HALF, HALF, hi * cos - lo * sin, HB)

@@ -9,7 +9,7 @@ The state (p x n, fp32) stays in registers from chunk to chunk, so the chunk sta
 written to memory: the forward reads x, dt, B, C once and writes y and the final state. With
 segments (triton_segments), program (sequence x SEGS + segment) starts from its segment's state
 (passed as the initial states, one per segment) and the chain kernel writes the final state.
-B~, C~ and S are held as column segments lo / hi / rest (triton_common: RoPE without gathers).
+B~ and C~ are rotated on load (triton_common.load_rotated); S is one p x n tile.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from .triton_common import (
     chunk_decays,
     configs,
     load_cols,
-    load_rotated_halves,
+    load_rotated,
     load_state,
     mm,
     program_chunks,
-    rope_tables,
     store_state,
 )
 
@@ -38,8 +37,8 @@ def _ssd_fwd_kernel(
     y_ptr, final_ptr,
     T, H, G, P, N, HALF, SEGS,
     HAS_D: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr,
-    ROPE: tl.constexpr, REST: tl.constexpr, WRITE_FINAL: tl.constexpr,
-    Q: tl.constexpr, BLOCK_P: tl.constexpr, HB: tl.constexpr, RB: tl.constexpr, DOT: tl.constexpr,
+    ROPE: tl.constexpr, WRITE_FINAL: tl.constexpr,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
 ):
     k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
     head = tl.program_id(1)
@@ -49,10 +48,9 @@ def _ssd_fwd_kernel(
     group = head // (H // G)
     A = tl.load(A_ptr + head).to(tl.float32)
     p_mask = offs_p < P
-    R = 2 * HALF  # first channel of the rest segment
     Bg = B_ptr + group * N
     Cg = C_ptr + group * N
-    s_lo, s_hi, s_re = load_state(h0_ptr, k, head, H, P, N, offs_p, HALF, HAS_H0, BLOCK_P, HB, RB, ROPE, REST)
+    s = load_state(h0_ptr, k, head, H, P, N, offs_p, HAS_H0, BLOCK_P, NB)
     if HAS_D:
         skip = tl.load(D_ptr + head).to(tl.float32)
     causal = steps[:, None] >= steps[None, :]
@@ -64,19 +62,10 @@ def _ssd_fwd_kernel(
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, tl.program_id(2) * BLOCK_P, P - tl.program_id(2) * BLOCK_P, BLOCK_P)
         xd = x * dt[:, None]
-        scores = tl.zeros([Q, Q], dtype=tl.float32)
-        inter = tl.zeros([Q, BLOCK_P], dtype=tl.float32)
-        if ROPE:
-            cos, sin = rope_tables(cos_ptr, sin_ptr, rows, row_mask, HALF, HB)
-            b_lo, b_hi = load_rotated_halves(Bg, G * N, rows, row_mask, cos, sin, HALF, HB)
-            c_lo, c_hi = load_rotated_halves(Cg, G * N, rows, row_mask, cos, sin, HALF, HB)
-            scores += mm(c_lo, tl.trans(b_lo), DOT) + mm(c_hi, tl.trans(b_hi), DOT)
-            inter += mm(c_lo, tl.trans(s_lo), DOT) + mm(c_hi, tl.trans(s_hi), DOT)
-        if REST:
-            b_re = load_cols(Bg, G * N, rows, row_mask, R, N - R, RB)
-            c_re = load_cols(Cg, G * N, rows, row_mask, R, N - R, RB)
-            scores += mm(c_re, tl.trans(b_re), DOT)
-            inter += mm(c_re, tl.trans(s_re), DOT)
+        b = load_rotated(Bg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+        c_t = load_rotated(Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+        scores = mm(c_t, tl.trans(b), DOT)
+        inter = mm(c_t, tl.trans(s), DOT)
         # The mask goes in before exp: above the diagonal Lam_t - Lam_s > 0 could overflow.
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))
         y = mm(scores * decay, xd, DOT) + tl.exp(lam)[:, None] * inter
@@ -85,12 +74,7 @@ def _ssd_fwd_kernel(
         xy_off = (rows[:, None] * H + head) * P + offs_p[None, :]
         tl.store(y_ptr + xy_off, y.to(y_ptr.dtype.element_ty), mask=row_mask[:, None] & p_mask[None, :])
         weighted = tl.trans(xd * tl.exp(lam_end - lam)[:, None])
-        carry = tl.exp(lam_end)
-        if ROPE:
-            s_lo = carry * s_lo + mm(weighted, b_lo, DOT)
-            s_hi = carry * s_hi + mm(weighted, b_hi, DOT)
-        if REST:
-            s_re = carry * s_re + mm(weighted, b_re, DOT)
+        s = tl.exp(lam_end) * s + mm(weighted, b, DOT)
 
     if WRITE_FINAL:
-        store_state(final_ptr, k, head, H, P, N, offs_p, HALF, s_lo, s_hi, s_re, True, HB, RB, ROPE, REST)
+        store_state(final_ptr, k, head, H, P, N, offs_p, s, True, NB)

@@ -34,11 +34,10 @@ from .triton_common import (
     chunk_decays,
     configs,
     load_cols,
-    load_rotated_halves,
+    load_rotated,
     mm_split_a,
     operand,
     program_chunks,
-    rope_tables,
     store_state,
 )
 
@@ -49,8 +48,8 @@ def _ssd_segment_states(
     x_ptr, dt_ptr, A_ptr, B_ptr, cu_ptr, cos_ptr, sin_ptr,
     states_ptr, dec_ptr,
     T, H, G, P, N, HALF, SEGS,
-    HAS_CU: tl.constexpr, ROPE: tl.constexpr, REST: tl.constexpr,
-    Q: tl.constexpr, BLOCK_P: tl.constexpr, HB: tl.constexpr, RB: tl.constexpr, DOT: tl.constexpr,
+    HAS_CU: tl.constexpr, ROPE: tl.constexpr,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
 ):
     idx = tl.program_id(0)  # sequence x SEGS + segment
     head = tl.program_id(1)
@@ -59,11 +58,8 @@ def _ssd_segment_states(
     steps = tl.arange(0, Q)
     start, end, c0, c1 = program_chunks(cu_ptr, idx, T, Q, SEGS, HAS_CU)
     A = tl.load(A_ptr + head).to(tl.float32)
-    R = 2 * HALF
     Bg = B_ptr + (head // (H // G)) * N
-    s_lo = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
-    s_hi = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
-    s_re = tl.zeros([BLOCK_P, RB], dtype=tl.float32)
+    s = tl.zeros([BLOCK_P, NB], dtype=tl.float32)
     dec = 0.0
     for c in range(c0, c1):
         rows = start + c * Q + steps
@@ -72,16 +68,9 @@ def _ssd_segment_states(
         dec += lam_end
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, p0, P - p0, BLOCK_P)
         weighted = tl.trans(x * (dt * tl.exp(lam_end - lam))[:, None])
-        carry = tl.exp(lam_end)
-        if ROPE:
-            cos, sin = rope_tables(cos_ptr, sin_ptr, rows, row_mask, HALF, HB)
-            b_lo, b_hi = load_rotated_halves(Bg, G * N, rows, row_mask, cos, sin, HALF, HB)
-            s_lo = carry * s_lo + mm_split_a(weighted, operand(b_lo, DOT), DOT)
-            s_hi = carry * s_hi + mm_split_a(weighted, operand(b_hi, DOT), DOT)
-        if REST:
-            b_re = load_cols(Bg, G * N, rows, row_mask, R, N - R, RB)
-            s_re = carry * s_re + mm_split_a(weighted, b_re, DOT)
-    store_state(states_ptr, idx, head, H, P, N, offs_p, HALF, s_lo, s_hi, s_re, True, HB, RB, ROPE, REST)
+        b = operand(load_rotated(Bg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE), DOT)
+        s = tl.exp(lam_end) * s + mm_split_a(weighted, b, DOT)
+    store_state(states_ptr, idx, head, H, P, N, offs_p, s, True, NB)
     tl.store(dec_ptr + idx * H + head, dec)  # the same value from every block of p
 
 
@@ -91,8 +80,8 @@ def _ssd_segment_dstates(
     dy_ptr, dt_ptr, A_ptr, C_ptr, cu_ptr, cos_ptr, sin_ptr,
     dstates_ptr,
     T, H, G, P, N, HALF, SEGS,
-    HAS_CU: tl.constexpr, ROPE: tl.constexpr, REST: tl.constexpr,
-    Q: tl.constexpr, BLOCK_P: tl.constexpr, HB: tl.constexpr, RB: tl.constexpr, DOT: tl.constexpr,
+    HAS_CU: tl.constexpr, ROPE: tl.constexpr,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
 ):
     idx = tl.program_id(0)
     head = tl.program_id(1)
@@ -100,27 +89,17 @@ def _ssd_segment_dstates(
     steps = tl.arange(0, Q)
     start, end, c0, c1 = program_chunks(cu_ptr, idx, T, Q, SEGS, HAS_CU)
     A = tl.load(A_ptr + head).to(tl.float32)
-    R = 2 * HALF
     Cg = C_ptr + (head // (H // G)) * N
-    ds_lo = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
-    ds_hi = tl.zeros([BLOCK_P, HB], dtype=tl.float32)
-    ds_re = tl.zeros([BLOCK_P, RB], dtype=tl.float32)
+    ds = tl.zeros([BLOCK_P, NB], dtype=tl.float32)
     for i in range(0, c1 - c0):
         rows = start + (c1 - 1 - i) * Q + steps
         row_mask = rows < end
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         weighted = tl.trans(dy * tl.exp(lam)[:, None])
-        carry = tl.exp(lam_end)
-        if ROPE:
-            cos, sin = rope_tables(cos_ptr, sin_ptr, rows, row_mask, HALF, HB)
-            c_lo, c_hi = load_rotated_halves(Cg, G * N, rows, row_mask, cos, sin, HALF, HB)
-            ds_lo = carry * ds_lo + mm_split_a(weighted, operand(c_lo, DOT), DOT)
-            ds_hi = carry * ds_hi + mm_split_a(weighted, operand(c_hi, DOT), DOT)
-        if REST:
-            c_re = load_cols(Cg, G * N, rows, row_mask, R, N - R, RB)
-            ds_re = carry * ds_re + mm_split_a(weighted, c_re, DOT)
-    store_state(dstates_ptr, idx, head, H, P, N, offs_p, HALF, ds_lo, ds_hi, ds_re, True, HB, RB, ROPE, REST)
+        c_t = operand(load_rotated(Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE), DOT)
+        ds = tl.exp(lam_end) * ds + mm_split_a(weighted, c_t, DOT)
+    store_state(dstates_ptr, idx, head, H, P, N, offs_p, ds, True, NB)
 
 
 @triton.jit
