@@ -9,11 +9,12 @@ ranges come from ``cu_seqlens`` (read inside the kernel: no host sync); chunks s
 sequence's first token, so a chunk never holds two sequences and no state crosses a boundary.
 
 RoPE on load, one tile over n: B~ and C~ (and the p x n state) are single tiles of all n
-channels; ``load_rotated`` forms the rotated tile from the plain load and a second load of each
-channel's rotation partner (channel i pairs with i + r/2 for i < r/2). No tile is split by the
-rotation, so RoPE adds no state math and no padding: only those loads and a few FMAs. The
-backward's kernels therefore produce gradients w.r.t. the rotated B~ and C~; RoPE's transpose is
-applied to them afterwards by ``_unrotate_kernel`` (elementwise, in place).
+channels; ``load_bc`` forms the rotated tiles from the plain loads and loads of each channel's
+rotation partner (channel i pairs with i + r/2 for i < r/2), with one pair of tables
+(``rope_tile``) per chunk shared by B and C. No tile is split by the rotation, so RoPE adds no
+state math and no padding: only those loads and a few FMAs. The backward's kernels therefore
+produce gradients w.r.t. the rotated B~ and C~; RoPE's transpose is applied to them afterwards
+by ``_unrotate_kernel`` (elementwise, in place).
 """
 
 from __future__ import annotations
@@ -164,26 +165,62 @@ def store_state(ptr, k, head, H, P, N, offs_p, s, ok, NB: tl.constexpr):
 
 
 @triton.jit
-def load_rotated(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
-                 BLOCK_N: tl.constexpr, ROPE: tl.constexpr):
-    """Rows ``rows`` of B or C (all n channels, fp32) with RoPE applied to the first 2 HALF:
-    z~_i = z_i cos_i - z_{i+HALF} sin_i and z~_{i+HALF} = z_{i+HALF} cos_i + z_i sin_i, the
-    partner channels by a second load of the same rows (cache hits). Tables (tokens, HALF)."""
-    cols = tl.arange(0, BLOCK_N)
-    mask = row_mask[:, None] & (cols[None, :] < N)
-    base = ptr + rows[:, None] * row_stride
-    z = tl.load(base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+def rope_tile(cos_ptr, sin_ptr, rows, row_mask, HALF, NB: tl.constexpr):
+    """cos and signed sin (rows, NB) for rotating n-wide tiles of these rows: channel i < HALF
+    takes frequency i and -sin, channel HALF <= i < 2 HALF frequency i - HALF and +sin, the
+    others cos 1, sin 0. Tables (tokens, HALF) fp32. Each table is read by two contiguous
+    masked loads (one per half) rather than one gather, so the loads vectorize."""
+    cols = tl.arange(0, NB)
+    first = cols < HALF
+    second = (cols >= HALF) & (cols < 2 * HALF)
+    offs = rows[:, None] * HALF + cols[None, :]
+    m1 = row_mask[:, None] & first[None, :]
+    m2 = row_mask[:, None] & second[None, :]
+    cos = tl.load(cos_ptr + offs, mask=m1, other=0.0) + tl.load(cos_ptr + offs - HALF, mask=m2, other=0.0)
+    sin = tl.load(sin_ptr + offs, mask=m1, other=0.0) + tl.load(sin_ptr + offs - HALF, mask=m2, other=0.0)
+    cos = tl.where((first | second)[None, :], cos, 1.0)
+    sin = tl.where(first[None, :], -sin, sin)
+    return cos, sin
+
+
+@triton.jit
+def load_rotated_tile(ptr, row_stride, rows, row_mask, cos, sin, N, HALF, NB: tl.constexpr):
+    """Rows ``rows`` of B or C (all n channels, fp32) rotated by the ``rope_tile`` tables:
+    z~_i = z_i cos_i - z_{i+HALF} sin_i, z~_{i+HALF} = z_{i+HALF} cos_i + z_i sin_i. The
+    partner channels come from two more contiguous masked loads of the same rows (cache hits)."""
+    cols = tl.arange(0, NB)
+    base = ptr + rows[:, None] * row_stride + cols[None, :]
+    z = tl.load(base, mask=row_mask[:, None] & (cols[None, :] < N), other=0.0).to(tl.float32)
+    first = row_mask[:, None] & (cols < HALF)[None, :]
+    second = row_mask[:, None] & ((cols >= HALF) & (cols < 2 * HALF))[None, :]
+    partner = tl.load(base + HALF, mask=first, other=0.0).to(tl.float32) + \
+        tl.load(base - HALF, mask=second, other=0.0).to(tl.float32)
+    return z * cos + partner * sin
+
+
+@triton.jit
+def load_bc(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
+            NB: tl.constexpr, ROPE: tl.constexpr):
+    """B~ and C~ tiles (rows, NB) of one chunk, sharing one pair of rotation tables."""
     if ROPE:
-        first = cols < HALF
-        rotated = row_mask[:, None] & (cols[None, :] < 2 * HALF)
-        partner = tl.where(first, cols + HALF, cols - HALF)
-        freq = tl.where(first, cols, cols - HALF)
-        zp = tl.load(base + partner[None, :], mask=rotated, other=0.0).to(tl.float32)
-        table = rows[:, None] * HALF + freq[None, :]
-        cos = tl.load(cos_ptr + table, mask=rotated, other=1.0)
-        sin = tl.load(sin_ptr + table, mask=rotated, other=0.0)
-        sign = tl.where(first, -1.0, 1.0)
-        z = z * cos + sign[None, :] * zp * sin
+        cos, sin = rope_tile(cos_ptr, sin_ptr, rows, row_mask, HALF, NB)
+        b = load_rotated_tile(Bg, row_stride, rows, row_mask, cos, sin, N, HALF, NB)
+        c = load_rotated_tile(Cg, row_stride, rows, row_mask, cos, sin, N, HALF, NB)
+    else:
+        b = load_cols(Bg, row_stride, rows, row_mask, 0, N, NB)
+        c = load_cols(Cg, row_stride, rows, row_mask, 0, N, NB)
+    return b, c
+
+
+@triton.jit
+def load_rotated(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
+                 NB: tl.constexpr, ROPE: tl.constexpr):
+    """Rows of B or C (all n channels, fp32), rotated when ROPE (one tile's own tables)."""
+    if ROPE:
+        cos, sin = rope_tile(cos_ptr, sin_ptr, rows, row_mask, HALF, NB)
+        z = load_rotated_tile(ptr, row_stride, rows, row_mask, cos, sin, N, HALF, NB)
+    else:
+        z = load_cols(ptr, row_stride, rows, row_mask, 0, N, NB)
     return z
 
 
