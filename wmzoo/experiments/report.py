@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from . import expert_speed, mqar, rope_ssd
+from .results import ResultStore
 
 HEADER = """\
 # Experiments: reproducing the paper's claims
@@ -201,21 +202,37 @@ def expert_speed_section(results_dir: Path, doc_dir: Path) -> str:
 def not_run_section(results_dir: Path) -> str:
     """The GPU-sized runs with no result file, and the commands that would make them."""
     lines = ["## Not run yet, and how to run it", ""]
-    todo = [f"- `mqar --grid {g}`: {len(grid.cells())} cells x {len(grid.lrs)} learning rates, {grid.steps} steps"
-            for g, grid in mqar.GRIDS.items() if g != "smoke" and not g.startswith("cpu-probe")
-            and not (results_dir / f"mqar-{g}.json").exists()]
-    todo += [f"- `rope-ssd --config {c}`: {len(cfg.seeds)} seed(s) per arm, d {cfg.d_model}, {cfg.layers} layers, "
-             f"{cfg.steps} steps" for c, cfg in rope_ssd.CONFIGS.items() if c not in ("smoke", "cpu-probe")
-             and not (results_dir / f"rope_ssd-{c}.json").exists()]
+    todo = []
+    for g, grid in mqar.GRIDS.items():
+        if g == "smoke" or g.startswith("cpu-probe"):
+            continue
+        path = results_dir / f"mqar-{g}.json"
+        runs = len(grid.cells()) * len(grid.lrs)
+        pending = len(mqar.pending_runs(grid, ResultStore(path))) if path.exists() else runs
+        if pending:
+            stored = "" if pending == runs else f" ({runs - pending} stored, {pending} still to run)"
+            todo.append(f"- `mqar --grid {g}`: {len(grid.cells())} cells x {len(grid.lrs)} learning rates, "
+                        f"{grid.steps} steps{stored}")
+    for c, cfg in rope_ssd.CONFIGS.items():
+        if c in ("smoke", "cpu-probe"):
+            continue
+        path = results_dir / f"rope_ssd-{c}.json"
+        runs = len(cfg.seeds) * len(rope_ssd.ARMS)
+        stored = len(ResultStore(path).records()) if path.exists() else 0
+        if stored < runs:
+            todo.append(f"- `rope-ssd --config {c}`: {len(cfg.seeds)} seed(s) per arm, d {cfg.d_model}, "
+                        f"{cfg.layers} layers, {cfg.steps} steps" + (f" ({stored} of {runs} runs stored)" if stored else ""))
     if not todo:
         return "\n".join(lines + ["Every GPU-sized configuration has a result file.", ""])
     lines += todo + [
         "",
-        "On a GPU, from the repository root (each command resumes where a previous one stopped;",
-        "shards of one grid may run at the same time, they share the result file):",
+        "On GPUs, from the repository root (each command resumes where a previous one stopped;",
+        "shards of one grid share the result file, one shard per GPU: on the H200, twelve",
+        "processes sharing one GPU each ran about as slowly as the whole GPU's throughput allowed,",
+        "see `mqar-paper.notes.md`):",
         "",
         "```",
-        "for i in 0 1 2 3; do python -m wmzoo.experiments mqar --grid paper --shard $i/4 & done; wait",
+        "for i in 0 1 2 3; do CUDA_VISIBLE_DEVICES=$i python -m wmzoo.experiments mqar --grid paper --shard $i/4 & done; wait",
         "python -m wmzoo.experiments rope-ssd --config paper --data path/to/python311-docs-rst.tar.gz",
         "python -m wmzoo.experiments expert-speed --results <bench_cdmoe out>/cdmoe.json",
         "python -m wmzoo.experiments report",
@@ -241,12 +258,12 @@ def summary(mqar_files: list[Path], rope_files: list[Path], results_dir: Path) -
     for p in mqar_files:
         for key, r in mqar.best_per_cell(_load(p)["records"]).items():
             best.setdefault(key, (r, p.name))
-    target = best.get(("dmattn", 2048, 256))
-    ours = "not run at the paper's lengths" if target is None else f"DMAttn {target[0]['accuracy']:.3f}"
-    others = [f"{mqar.MIXER_LABELS[m]} {best[(m, 2048, 256)][0]['accuracy']:.3f}" for m in ("attention", "ssd")
-              if (m, 2048, 256) in best]
-    lines.append(f"| 2. MQAR, seq 2048, d 256 | DMAttn 1.0, attention 0.36, SSD 0.32 | "
-                 f"{', '.join([ours] + others)} | {target[1] if target else ''} |")
+    cells = {m: best.get((m, 2048, 256)) for m in ("dmattn", "attention", "ssd")}
+    ours = ", ".join(f"{mqar.MIXER_LABELS[m]} " + ("not run" if c is None else
+                     f"{c[0]['accuracy']:.3f} ({c[0]['steps']} steps)") for m, c in cells.items())
+    files = sorted({c[1] for c in cells.values() if c is not None})
+    lines.append(f"| 2. MQAR, seq 2048, d 256 | DMAttn 1.0, attention 0.36, SSD 0.32 | {ours} | "
+                 f"{', '.join(f'`{f}`' for f in files)} |")
     es = results_dir / "expert_speed.json"
     ours = expert_speed.claim(_load(es)) if es.exists() else "not drawn"
     if es.exists():
