@@ -227,9 +227,9 @@ def not_run_section(results_dir: Path) -> str:
     lines += todo + [
         "",
         "On GPUs, from the repository root (each command resumes where a previous one stopped;",
-        "shards of one grid share the result file, one shard per GPU: on the H200, twelve",
-        "processes sharing one GPU each ran about as slowly as the whole GPU's throughput allowed,",
-        "see `mqar-paper.notes.md`):",
+        "shards of one grid share the result file; one shard per GPU: twelve processes sharing",
+        "one H200 took 308-472 s per 2000-step run at length 2048, whether faster in total than",
+        "one at a time was not measured, see `mqar-paper.notes.md`):",
         "",
         "```",
         "for i in 0 1 2 3; do CUDA_VISIBLE_DEVICES=$i python -m wmzoo.experiments mqar --grid paper --shard $i/4 & done; wait",
