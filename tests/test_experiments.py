@@ -142,6 +142,27 @@ def test_every_evaluation_length_scores_the_same_bytes():
         assert torch.equal(w[:, 1:].flatten(), tokens[1:257])  # the predicted targets
 
 
+def test_tiny_lm_inits_draw_the_stated_scales_and_refuse_unknown_ones():
+    from wmzoo import MLP, Attention
+    from wmzoo.experiments.model import TinyLM
+
+    specs = [Attention(head_dim=32), MLP()]
+    torch.manual_seed(0)
+    fan = TinyLM(specs, 128, 512, init="fan_in")
+    cheems = TinyLM(specs, 128, 512, init="cheems")
+    assert fan.embed.weight.std().item() == pytest.approx(1.0, rel=0.05)
+    assert cheems.embed.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    linears = [m for m in fan.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) >= 6  # q, k, v, o, the MLP's and the head
+    for m in linears:
+        assert m.weight.std().item() == pytest.approx(m.in_features**-0.5, rel=0.1), m
+    for m in cheems.modules():
+        if isinstance(m, torch.nn.Linear):
+            assert m.weight.std().item() == pytest.approx(0.02, rel=0.1), m
+    with pytest.raises(ValueError, match="init: expected one of"):
+        TinyLM(specs, 128, 512, init="xavier")
+
+
 # ---------------------------------------------------------------- smoke runs
 
 
