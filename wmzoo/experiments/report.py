@@ -277,8 +277,9 @@ def summary(mqar_files: list[Path], rope_files: list[Path], results_dir: Path) -
 
 
 def _ordered(paths: list[Path]) -> list[Path]:
-    rank = {"paper": 0, "gpu-reduced": 1, "cpu-probe-v64": 2, "cpu-probe": 3, "cpu-probe-3k": 4}
-    return sorted(paths, key=lambda p: (rank.get(p.stem.split("-", 1)[-1], 5), p.name))
+    rank = {"paper": 0, "gpu-reduced": 1, "cpu-probe-v64-fan-in": 2, "cpu-probe-v64-fan-in-seed1": 3,
+            "cpu-probe-v64": 4, "cpu-probe": 5, "cpu-probe-3k": 6, "paper-cheems-init": 7}
+    return sorted(paths, key=lambda p: (rank.get(p.stem.split("-", 1)[-1], 8), p.name))
 
 
 def render(results_dir: Path, doc_dir: Path) -> str:
