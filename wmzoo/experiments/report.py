@@ -232,7 +232,7 @@ def not_run_section(results_dir: Path) -> str:
         "On GPUs, from the repository root (each command resumes where a previous one stopped;",
         "shards of one grid share the result file; one shard per GPU: twelve processes sharing",
         "one H200 took 308-472 s per 2000-step run at length 2048, whether faster in total than",
-        "one at a time was not measured, see `mqar-paper.notes.md`):",
+        "one at a time was not measured, see `mqar-paper-cheems-init.notes.md`):",
         "",
         "```",
         "for i in 0 1 2 3; do CUDA_VISIBLE_DEVICES=$i python -m wmzoo.experiments mqar --grid paper --shard $i/4 & done; wait",
@@ -262,8 +262,10 @@ def summary(mqar_files: list[Path], rope_files: list[Path], results_dir: Path) -
         for key, r in mqar.best_per_cell(_load(p)["records"]).items():
             best.setdefault(key, (r, p.name))
     cells = {m: best.get((m, 2048, 256)) for m in ("dmattn", "attention", "ssd")}
+    inits = {p.name: (_load(p)["meta"].get("protocol") or {}).get("init", "cheems") for p in mqar_files}
     ours = ", ".join(f"{mqar.MIXER_LABELS[m]} " + ("not run" if c is None else
-                     f"{c[0]['accuracy']:.3f} ({c[0]['steps']} steps)") for m, c in cells.items())
+                     f"{c[0]['accuracy']:.3f} ({c[0]['steps']} steps, {inits[c[1]]} init)")
+                     for m, c in cells.items())
     files = sorted({c[1] for c in cells.values() if c is not None})
     lines.append(f"| 2. MQAR, seq 2048, d 256 | DMAttn 1.0, attention 0.36, SSD 0.32 | {ours} | "
                  f"{', '.join(f'`{f}`' for f in files)} |")
