@@ -16,7 +16,6 @@ from ..blocks.norm import RMSNorm, init_normal_
 from ..specs import BlockSpec
 from ..stack import Stack
 
-
 INITS = ("cheems", "fan_in")
 
 

@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from ..blocks import MLP, SSD, Attention
 from .model import TinyLM, autocast, count_params, make_optimizer, warmup_cosine
 from .results import ResultStore, hardware, pick_device
-from .text_data import VOCAB, eval_windows, random_windows, read_documents, split_rule, train_eval_split
+from .text_data import (
+    VOCAB,
+    eval_windows,
+    random_windows,
+    read_documents,
+    split_rule,
+    train_eval_split,
+)
 
 ARMS = ("rope", "norope")
 ARM_LABELS = {"rope": "SSD with RoPE", "norope": "SSD without RoPE"}
