@@ -140,11 +140,12 @@ def store_cols(ptr, row_stride, rows, row_mask, col0, width, value, BLOCK: tl.co
 
 
 @triton.jit
-def state_tile(ptr, k, head, H, P, N, offs_p, NB: tl.constexpr):
-    """Pointers and mask of the (block of p) x n tile of state (k, head) of (states, h, p, n)."""
+def state_tile(k, head, H, P, N, offs_p, NB: tl.constexpr):
+    """Offsets and mask of the (block of p) x n tile of state (k, head) in a (states, h, p, n)
+    buffer."""
     cols = tl.arange(0, NB)
     offs = ((k.to(tl.int64) * H + head) * P + offs_p[:, None]) * N + cols[None, :]
-    return ptr + offs, (offs_p[:, None] < P) & (cols[None, :] < N)
+    return offs, (offs_p[:, None] < P) & (cols[None, :] < N)
 
 
 @triton.jit
@@ -152,16 +153,16 @@ def load_state(ptr, k, head, H, P, N, offs_p, PRESENT: tl.constexpr, BLOCK_P: tl
     """State k of a (states, h, p, n) fp32 buffer; zeros where the input is not PRESENT."""
     s = tl.zeros([BLOCK_P, NB], dtype=tl.float32)
     if PRESENT:
-        s_ptr, s_mask = state_tile(ptr, k, head, H, P, N, offs_p, NB)
-        s = tl.load(s_ptr, mask=s_mask, other=0.0)
+        offs, mask = state_tile(k, head, H, P, N, offs_p, NB)
+        s = tl.load(ptr + offs, mask=mask, other=0.0)
     return s
 
 
 @triton.jit
 def store_state(ptr, k, head, H, P, N, offs_p, s, ok, NB: tl.constexpr):
     """Store state k where the scalar condition ``ok`` holds."""
-    s_ptr, s_mask = state_tile(ptr, k, head, H, P, N, offs_p, NB)
-    tl.store(s_ptr, s, mask=s_mask & ok)
+    offs, mask = state_tile(k, head, H, P, N, offs_p, NB)
+    tl.store(ptr + offs, s, mask=mask & ok)
 
 
 @triton.jit

@@ -38,6 +38,7 @@ from .triton_common import (
     mm_split_a,
     operand,
     program_chunks,
+    state_tile,
     store_state,
 )
 
@@ -103,28 +104,20 @@ def _ssd_segment_dstates(
 
 
 @triton.jit
-def _state_rows(k, head, H, P, N, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Offsets and mask of this program's (block of p) x n tile of state k (states, h, p, n)."""
-    offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs = ((k.to(tl.int64) * H + head) * P + offs_p[:, None]) * N + offs_n[None, :]
-    return offs, (offs_p[:, None] < P) & (offs_n[None, :] < N)
-
-
-@triton.jit
 def _ssd_chain_states(
     states_ptr, dec_ptr, h0_ptr, final_ptr, H, P, N, SEGS,
     HAS_H0: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     k = tl.program_id(0)
     head = tl.program_id(1)
-    offs, mask = _state_rows(k, head, H, P, N, BLOCK_P, BLOCK_N)
+    offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs, mask = state_tile(k, head, H, P, N, offs_p, BLOCK_N)
     s = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     if HAS_H0:
         s = tl.load(h0_ptr + offs, mask=mask, other=0.0)
     for seg in range(0, SEGS):
         idx = k * SEGS + seg
-        off_i, _ = _state_rows(idx, head, H, P, N, BLOCK_P, BLOCK_N)
+        off_i, _ = state_tile(idx, head, H, P, N, offs_p, BLOCK_N)
         local = tl.load(states_ptr + off_i, mask=mask, other=0.0)
         tl.store(states_ptr + off_i, s, mask=mask)
         s = tl.exp(tl.load(dec_ptr + idx * H + head)) * s + local
@@ -138,15 +131,16 @@ def _ssd_chain_dstates(
 ):
     k = tl.program_id(0)
     head = tl.program_id(1)
-    offs, mask = _state_rows(k, head, H, P, N, BLOCK_P, BLOCK_N)
+    offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs, mask = state_tile(k, head, H, P, N, offs_p, BLOCK_N)
     ds = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     if HAS_DFINAL:
         ds = tl.load(dfinal_ptr + offs, mask=mask, other=0.0)
     for i in range(0, SEGS):
         seg = SEGS - 1 - i
         idx = k * SEGS + seg
-        off_i, _ = _state_rows(idx, head, H, P, N, BLOCK_P, BLOCK_N)
-        off_next, _ = _state_rows(idx + 1, head, H, P, N, BLOCK_P, BLOCK_N)
+        off_i, _ = state_tile(idx, head, H, P, N, offs_p, BLOCK_N)
+        off_next, _ = state_tile(idx + 1, head, H, P, N, offs_p, BLOCK_N)
         local = tl.load(dstates_ptr + off_i, mask=mask, other=0.0)
         tl.store(dstates_ptr + off_i, ds, mask=mask)
         # the state at this segment's end: the next segment's start state, or the final state
