@@ -257,12 +257,13 @@ def summary(mqar_files: list[Path], rope_files: list[Path], results_dir: Path) -
                      + (f" ({note})" if note else "") + " |")
     else:
         lines.append("| 1. RoPE in SSD | > 4% lower perplexity | not run | |")
-    best = {}
+    best, inits = {}, {}
     for p in mqar_files:
-        for key, r in mqar.best_per_cell(_load(p)["records"]).items():
+        data = _load(p)
+        inits[p.name] = (data["meta"].get("protocol") or {}).get("init", "cheems")
+        for key, r in mqar.best_per_cell(data["records"]).items():
             best.setdefault(key, (r, p.name))
     cells = {m: best.get((m, 2048, 256)) for m in ("dmattn", "attention", "ssd")}
-    inits = {p.name: (_load(p)["meta"].get("protocol") or {}).get("init", "cheems") for p in mqar_files}
     ours = ", ".join(f"{mqar.MIXER_LABELS[m]} " + ("not run" if c is None else
                      f"{c[0]['accuracy']:.3f} ({c[0]['steps']} steps, {inits[c[1]]} init)")
                      for m, c in cells.items())
