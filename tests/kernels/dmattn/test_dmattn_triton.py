@@ -131,9 +131,10 @@ def test_decode_matches_brute_force(s, h, hkv, d, dtype):
     gen = torch.Generator().manual_seed(1)
     b = 2
     q = torch.randn(b, 1, h, d, generator=gen).to(dtype)
-    kc, vc = torch.randn(2, b, s, hkv, d, generator=gen).to(dtype)
-    bc = torch.randn(b, hkv, s, generator=gen)
-    valid = torch.rand(b, hkv, s, generator=gen) > 0.3
+    # the first s of s + 5 slots, as DMAttnCache.attend passes them: strided views
+    kc, vc = torch.randn(2, b, s + 5, hkv, d, generator=gen).to(dtype)[:, :, :s]
+    bc = torch.randn(b, hkv, s + 5, generator=gen)[..., :s]
+    valid = (torch.rand(b, hkv, s + 5, generator=gen) > 0.3)[..., :s]
     valid[..., 0] = True
     o = triton_backend.decode(q, kc, vc, bc, valid, d**-0.5)
     g = h // hkv

@@ -388,6 +388,24 @@ def test_gpu_bf16_matches_loop(groups, rope, triton_calls):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("segs", [1, 4])
+def test_gpu_bf16_benchmark_tiles(monkeypatch, segs, triton_calls):
+    """The benchmark's tiles (p 64, n 128, r 64, chunk 64): shared memory grows with the tile,
+    not with T, so a short sequence runs the same kernels the benchmark does (at n 128 with RoPE
+    the two-stage forward once needed 270 KB of shared memory, over the H200's limit)."""
+    from wmzoo.kernels.ssd import triton_backend
+
+    monkeypatch.setattr(triton_backend, "FORCE_SEGMENTS", segs)
+    args = make_inputs(2, 200, 4, 4, 64, 128, dtype=torch.bfloat16, rope=64, seed=3, device="cuda")
+    weights = tuple(w.cuda() for w in loss_weights(args))
+    got = run_op(args, 64, weights)
+    want = run_loop({k: v.cpu() if v is not None else None for k, v in args.items()},
+                    tuple(w.cpu() for w in weights))
+    assert triton_calls["forward"] == 1 and triton_calls["backward"] == 1
+    assert_all_close(got, want, torch.bfloat16)
+
+
+@pytest.mark.gpu
 def test_gpu_compile_fullgraph_dynamic():
     torch._dynamo.reset()
     args = make_inputs(1, 200, 8, 8, 64, 64, dtype=torch.bfloat16, rope=16, h0=False, device="cuda")

@@ -20,7 +20,7 @@ from .triton_bwd import (
     bwd_kv_kernel_varlen,
     bwd_q_kernel,
 )
-from .triton_decode import _decode_kernel
+from .triton_decode import _decode_kernel, _merge_kernel
 from .triton_fwd import fwd_kernel
 from .triton_layout import block_layout
 from .triton_select import select_window
@@ -171,11 +171,11 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
 
 def decode(q, k_cache, v_cache, bias_cache, valid, scale):
     """o (b, 1, h, d) for q (b, 1, h, d) against slots k_cache, v_cache (b, s, hkv, d),
-    bias_cache (b, hkv, s) and valid (b, hkv, s) (bool): softmax over the valid slots."""
+    bias_cache (b, hkv, s) and valid (b, hkv, s) (bool): softmax over the valid slots.
+    Two launches and three allocations: decode is bound by host time per call, not bytes."""
     _check(q, k_cache, v_cache, bias_cache)
-    q, k_cache, v_cache = _rows(q), _rows(k_cache), _rows(v_cache)
-    bias_cache = bias_cache.contiguous()
-    valid = valid.to(torch.int8).contiguous()
+    q, k_cache, v_cache, bias_cache = _rows(q), _rows(k_cache), _rows(v_cache), _rows(bias_cache)
+    valid = _rows(valid).view(torch.int8)  # same bytes as bool: no conversion kernel
     b, _, h, d = q.shape
     s, hkv = k_cache.shape[1], k_cache.shape[2]
     block_n = 64
@@ -186,16 +186,18 @@ def decode(q, k_cache, v_cache, bias_cache, valid, scale):
     n_split = max(1, triton.cdiv(s, chunk))
     block_d = max(16, triton.next_power_of_2(d))
     acc = torch.empty((b, h, n_split, block_d), dtype=torch.float32, device=q.device)
-    m = torch.empty((b, h, n_split), dtype=torch.float32, device=q.device)
-    lsum = torch.empty_like(m)
+    ml = torch.empty((2, b, h, n_split), dtype=torch.float32, device=q.device)
+    m, lsum = ml[0], ml[1]
     launch(_decode_kernel)[(b * h, n_split)](
         q, k_cache, v_cache, bias_cache, valid, acc, m, lsum,
         scale, s, d, h, h // hkv, chunk,
         q.stride(0), q.stride(2), *k_cache.stride()[:3], *v_cache.stride()[:3],
-        bias_cache.stride(0), bias_cache.stride(1), m.stride(0), m.stride(1),
+        bias_cache.stride(0), bias_cache.stride(1), valid.stride(0), valid.stride(1), m.stride(0), m.stride(1),
         BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4,
     )
-    m_all = m.amax(-1, keepdim=True)
-    wgt = torch.exp2(m - torch.where(torch.isinf(m_all), torch.zeros_like(m_all), m_all))
-    out = (acc * wgt[..., None]).sum(2) / (lsum * wgt).sum(-1, keepdim=True)
-    return out[..., :d].unsqueeze(1).to(q.dtype)
+    out = torch.empty_like(q)
+    launch(_merge_kernel)[(b * h,)](
+        acc, m, lsum, out, d, n_split, out.stride(0), out.stride(2), h,
+        BLOCK_S=max(2, triton.next_power_of_2(n_split)), BLOCK_D=block_d, num_warps=4,
+    )
+    return out

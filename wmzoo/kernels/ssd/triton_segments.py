@@ -43,7 +43,7 @@ from .triton_common import (
 )
 
 
-@triton.autotune(configs=configs(((4, 2), (8, 2))), key=TILE_KEY)
+@triton.autotune(configs=configs(((4, 1), (4, 2), (8, 2))), key=TILE_KEY)  # 1 stage: see triton_fwd
 @triton.jit
 def _ssd_segment_states(
     x_ptr, dt_ptr, A_ptr, B_ptr, cu_ptr, cos_ptr, sin_ptr,
@@ -75,7 +75,7 @@ def _ssd_segment_states(
     tl.store(dec_ptr + idx * H + head, dec)  # the same value from every block of p
 
 
-@triton.autotune(configs=configs(((4, 2), (8, 2))), key=TILE_KEY)
+@triton.autotune(configs=configs(((4, 1), (4, 2), (8, 2))), key=TILE_KEY)  # 1 stage: see triton_fwd
 @triton.jit
 def _ssd_segment_dstates(
     dy_ptr, dt_ptr, A_ptr, C_ptr, cu_ptr, cos_ptr, sin_ptr,
