@@ -9,10 +9,10 @@ ranges come from ``cu_seqlens`` (read inside the kernel: no host sync); chunks s
 sequence's first token, so a chunk never holds two sequences and no state crosses a boundary.
 
 RoPE on load, one tile over n: B~ and C~ (and the p x n state) are single tiles of all n
-channels; ``load_bc`` forms the rotated tiles from the plain loads and loads of each channel's
-rotation partner (channel i pairs with i + r/2 for i < r/2), with one pair of tables
-(``rope_tile``) per chunk shared by B and C. No tile is split by the rotation, so RoPE adds no
-state math and no padding: only those loads and a few FMAs. The backward's kernels therefore
+channels; ``load_rotated`` forms a rotated tile from the plain load and gathers of each channel's
+rotation partner (channel i pairs with i + r/2 for i < r/2) and of its cos / sin. No tile is
+split by the rotation, so RoPE adds no state math and no padding: only those loads and a few
+FMAs. The backward's kernels therefore
 produce gradients w.r.t. the rotated B~ and C~; RoPE's transpose is applied to them afterwards
 by ``_unrotate_kernel`` (elementwise, in place).
 """
@@ -166,63 +166,44 @@ def store_state(ptr, k, head, H, P, N, offs_p, s, ok, NB: tl.constexpr):
 
 
 @triton.jit
-def rope_tile(cos_ptr, sin_ptr, rows, row_mask, HALF, NB: tl.constexpr):
-    """cos and signed sin (rows, NB) for rotating n-wide tiles of these rows: channel i < HALF
-    takes frequency i and -sin, channel HALF <= i < 2 HALF frequency i - HALF and +sin, the
-    others cos 1, sin 0. Tables (tokens, HALF) fp32. Each table is read by two contiguous
-    masked loads (one per half) rather than one gather, so the loads vectorize."""
+def rotate(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, NB: tl.constexpr):
+    """z (rows, NB), rows of B or C loaded from ptr, rotated by (tokens, HALF) tables:
+    z~_i = z_i cos_i - z_{i+HALF} sin_i, z~_{i+HALF} = z_{i+HALF} cos_i + z_i sin_i. Partner
+    channels (cache hits: the same rows were just loaded) and tables are read by index gathers.
+
+    Measured on the H200 at B4 T4096 H64 P64 N128, r 64 (docs/benchmarks/NOTES.md, fourth
+    session): this form 1.18 / 7.06 ms fwd / fwd+bwd; tables shared by B and C read as two
+    contiguous masked loads per half 2.79 / 11.08 (and 270 KB of shared memory at two stages);
+    (tokens, n) tables laid out on the host, one plain load each, 1.32 / 9.57."""
     cols = tl.arange(0, NB)
     first = cols < HALF
-    second = (cols >= HALF) & (cols < 2 * HALF)
-    offs = rows[:, None] * HALF + cols[None, :]
-    m1 = row_mask[:, None] & first[None, :]
-    m2 = row_mask[:, None] & second[None, :]
-    cos = tl.load(cos_ptr + offs, mask=m1, other=0.0) + tl.load(cos_ptr + offs - HALF, mask=m2, other=0.0)
-    sin = tl.load(sin_ptr + offs, mask=m1, other=0.0) + tl.load(sin_ptr + offs - HALF, mask=m2, other=0.0)
-    cos = tl.where((first | second)[None, :], cos, 1.0)
-    sin = tl.where(first[None, :], -sin, sin)
-    return cos, sin
-
-
-@triton.jit
-def load_rotated_tile(ptr, row_stride, rows, row_mask, cos, sin, N, HALF, NB: tl.constexpr):
-    """Rows ``rows`` of B or C (all n channels, fp32) rotated by the ``rope_tile`` tables:
-    z~_i = z_i cos_i - z_{i+HALF} sin_i, z~_{i+HALF} = z_{i+HALF} cos_i + z_i sin_i. The
-    partner channels come from two more contiguous masked loads of the same rows (cache hits)."""
-    cols = tl.arange(0, NB)
-    base = ptr + rows[:, None] * row_stride + cols[None, :]
-    z = tl.load(base, mask=row_mask[:, None] & (cols[None, :] < N), other=0.0).to(tl.float32)
-    first = row_mask[:, None] & (cols < HALF)[None, :]
-    second = row_mask[:, None] & ((cols >= HALF) & (cols < 2 * HALF))[None, :]
-    partner = tl.load(base + HALF, mask=first, other=0.0).to(tl.float32) + \
-        tl.load(base - HALF, mask=second, other=0.0).to(tl.float32)
-    return z * cos + partner * sin
-
-
-@triton.jit
-def load_bc(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
-            NB: tl.constexpr, ROPE: tl.constexpr):
-    """B~ and C~ tiles (rows, NB) of one chunk, sharing one pair of rotation tables."""
-    if ROPE:
-        cos, sin = rope_tile(cos_ptr, sin_ptr, rows, row_mask, HALF, NB)
-        b = load_rotated_tile(Bg, row_stride, rows, row_mask, cos, sin, N, HALF, NB)
-        c = load_rotated_tile(Cg, row_stride, rows, row_mask, cos, sin, N, HALF, NB)
-    else:
-        b = load_cols(Bg, row_stride, rows, row_mask, 0, N, NB)
-        c = load_cols(Cg, row_stride, rows, row_mask, 0, N, NB)
-    return b, c
+    rotated = row_mask[:, None] & (cols[None, :] < 2 * HALF)
+    partner = tl.where(first, cols + HALF, cols - HALF)
+    freq = tl.where(first, cols, cols - HALF)
+    zp = tl.load(ptr + rows[:, None] * row_stride + partner[None, :], mask=rotated, other=0.0).to(tl.float32)
+    table = rows[:, None] * HALF + freq[None, :]
+    cos = tl.load(cos_ptr + table, mask=rotated, other=1.0)
+    sin = tl.load(sin_ptr + table, mask=rotated, other=0.0)
+    return z * cos + tl.where(first, -1.0, 1.0)[None, :] * zp * sin
 
 
 @triton.jit
 def load_rotated(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
                  NB: tl.constexpr, ROPE: tl.constexpr):
-    """Rows of B or C (all n channels, fp32), rotated when ROPE (one tile's own tables)."""
+    """Rows of B or C (all n channels, fp32), rotated when ROPE."""
+    z = load_cols(ptr, row_stride, rows, row_mask, 0, N, NB)
     if ROPE:
-        cos, sin = rope_tile(cos_ptr, sin_ptr, rows, row_mask, HALF, NB)
-        z = load_rotated_tile(ptr, row_stride, rows, row_mask, cos, sin, N, HALF, NB)
-    else:
-        z = load_cols(ptr, row_stride, rows, row_mask, 0, N, NB)
+        z = rotate(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, NB)
     return z
+
+
+@triton.jit
+def load_bc(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
+            NB: tl.constexpr, ROPE: tl.constexpr):
+    """B~ and C~ tiles (rows, NB) of one chunk."""
+    b = load_rotated(Bg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+    c = load_rotated(Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+    return b, c
 
 
 @triton.jit

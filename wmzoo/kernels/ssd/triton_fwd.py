@@ -30,9 +30,9 @@ from .triton_common import (
 )
 
 
-# One-stage configs first: with RoPE at n 128 the pipelined loads (B, C, their partner channels,
-# the cos / sin halves) need 270 KB of shared memory at 2 stages, over the H200's 227 KB; the
-# autotuner drops configs that do not fit, but needs one that does.
+# A one-stage config: the autotuner drops configs whose pipelined loads do not fit in shared
+# memory but needs one that does (an earlier RoPE load form needed 270 KB at two stages at n 128,
+# over the H200's 227 KB, and every config failed; n goes up to 256).
 @triton.autotune(configs=configs(((4, 1), (4, 2), (8, 2), (4, 3))), key=TILE_KEY + ["WRITE_FINAL"])
 @triton.jit
 def _ssd_fwd_kernel(
