@@ -1,0 +1,132 @@
+"""Registers, spills and shared memory of wmzoo's Triton kernels on Hopper, computed on any machine.
+
+    python benchmarks/kernel_resources.py [--kernels ssd,dmattn] [--arch 90]
+
+Each kernel is compiled for sm_90a by Triton (no GPU needed) with every config of its autotune
+list, then ``ptxas -v`` (the one shipped with Triton) reports registers per thread, spill
+stores / loads and the stack frame; Triton's metadata gives the shared memory. Shapes are the
+benchmarks' tiles (SSD p 64, n 128, chunk 64, bf16; DMAttn d 128, bf16). A config whose shared
+memory exceeds the H200's 227 KB is marked: the autotuner drops it, and when every config is
+dropped the op fails (as the SSD forward did with RoPE at n 128, ssd.md run 8).
+
+Why this exists: a kernel's time on the GPU moved in ways the loads alone did not predict (three
+RoPE load forms, ssd.md run 8); spills are the first thing to check, and checking them costs no
+device time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+H200_SHARED = 232448  # bytes of shared memory per block (opt-in maximum)
+BF16_PTRS = {"x_ptr", "B_ptr", "C_ptr", "dy_ptr", "y_ptr", "dx_ptr", "dB_ptr", "dC_ptr",
+             "q_ptr", "k_ptr", "v_ptr", "o_ptr", "do_ptr", "dq_ptr", "dk_ptr", "dv_ptr"}
+INT_PTRS = {"cu_ptr", "info_ptr", "kept_ptr", "theta_ptr"}
+
+
+def ptxas() -> str:
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    path = bundled if os.path.exists(bundled) else shutil.which("ptxas")
+    if path is None:
+        raise SystemExit("ptxas: not found (neither in the triton package nor on PATH)")
+    return path
+
+
+def signature(fn, const: dict) -> dict:
+    """Argument types by name: bf16 tensors for the activations, int32 for index tables and
+    lengths, fp32 for everything else (states, tables, statistics, scales)."""
+    sig = {}
+    for name in fn.arg_names:
+        if name in const:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*bf16" if name in BF16_PTRS else "*i32" if name in INT_PTRS else "*fp32"
+        else:
+            sig[name] = "fp32" if "scale" in name else "i32"
+    return sig
+
+
+def resources(autotuned, const: dict, arch: int) -> list[tuple[str, str]]:
+    """(config, report) per autotune config of ``autotuned`` with the constexprs ``const``."""
+    fn = autotuned.fn
+    rows = []
+    for cfg in autotuned.configs:
+        full = {**const, **cfg.kwargs}
+        src = ASTSource(fn, signature(fn, full), constexprs={(fn.arg_names.index(k),): v for k, v in full.items()})
+        kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+        with tempfile.TemporaryDirectory() as tmp:
+            ptx = os.path.join(tmp, "k.ptx")
+            with open(ptx, "w") as f:
+                f.write(kernel.asm["ptx"])
+            out = subprocess.run([ptxas(), f"-arch=sm_{arch}a", "-v", ptx, "-o", os.path.join(tmp, "k.cubin")],
+                                 check=False, capture_output=True, text=True).stderr
+        regs = re.search(r"Used (\d+) registers", out)
+        spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out)
+        shared = kernel.metadata.shared
+        name = f"{cfg.kwargs or ''} warps {cfg.num_warps} stages {cfg.num_stages}".strip()
+        report = (f"{regs.group(1) if regs else '?'} regs, spills {spill.group(1)} / {spill.group(2)} B"
+                  if spill else out.strip()[-200:])
+        report += f", shared {shared / 1024:.0f} KB" + (" (over the H200's limit)" if shared > H200_SHARED else "")
+        rows.append((name, report))
+    return rows
+
+
+def ssd_cases():
+    from wmzoo.kernels.ssd.triton_bwd import (
+        _ssd_bwd_forward_sweep,
+        _ssd_bwd_reverse_sweep,
+    )
+    from wmzoo.kernels.ssd.triton_fwd import _ssd_fwd_kernel
+
+    tiles = dict(Q=64, BLOCK_P=64, NB=128, DOT=1, HAS_CU=False)
+    for rope in (False, True):
+        tag = "RoPE" if rope else "no RoPE"
+        yield f"SSD forward, {tag}", _ssd_fwd_kernel, dict(tiles, ROPE=rope, HAS_D=True, HAS_H0=False, WRITE_FINAL=True)
+        yield f"SSD backward forward sweep, {tag}", _ssd_bwd_forward_sweep, dict(
+            tiles, ROPE=rope, HAS_DFINAL=False, HAS_H0=False)
+        yield f"SSD backward reverse sweep, {tag}", _ssd_bwd_reverse_sweep, dict(
+            tiles, ROPE=rope, HAS_DFINAL=False, HAS_D=True)
+
+
+def dmattn_cases():
+    import importlib
+
+    fwd = importlib.import_module("wmzoo.kernels.dmattn.triton_fwd")
+    for window in (False, True):
+        yield f"DMAttn forward, window {window}", fwd.fwd_kernel, dict(
+            VARLEN=False, WINDOW=window, BLOCK_M=128, BLOCK_D=128, UPCAST=False, IEEE=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kernels", default="ssd,dmattn")
+    ap.add_argument("--arch", type=int, default=90)
+    args = ap.parse_args()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("TRITON_INTERPRET=1: unset it; this compiles for the GPU (no GPU needed)")
+    print({"triton": triton.__version__, "arch": f"sm_{args.arch}a", "ptxas": ptxas()})
+    cases = {"ssd": ssd_cases, "dmattn": dmattn_cases}
+    for group in args.kernels.split(","):
+        if group not in cases:
+            raise SystemExit(f"--kernels: expected a comma-separated subset of {sorted(cases)}, got {group!r}")
+        for title, kernel, const in cases[group]():
+            print(f"\n{title}")
+            for name, report in resources(kernel, const, args.arch):
+                print(f"  {name:<40} {report}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
