@@ -105,9 +105,12 @@ def dmattn_cases():
     import importlib
 
     fwd = importlib.import_module("wmzoo.kernels.dmattn.triton_fwd")
+    bwd = importlib.import_module("wmzoo.kernels.dmattn.triton_bwd")
+    flags = dict(VARLEN=False, BLOCK_D=128, UPCAST=False, IEEE=False)
     for window in (False, True):
-        yield f"DMAttn forward, window {window}", fwd.fwd_kernel, dict(
-            VARLEN=False, WINDOW=window, BLOCK_M=128, BLOCK_D=128, UPCAST=False, IEEE=False)
+        yield f"DMAttn forward, window {window}", fwd.fwd_kernel, dict(flags, WINDOW=window, BLOCK_M=128, EVEN=True)
+    yield "DMAttn backward dq, no window", bwd.bwd_q_kernel, dict(flags, WINDOW=False, BLOCK_M=128)
+    yield "DMAttn backward dk dv dbias (key-major, no window)", bwd.bwd_kv_kernel, flags
 
 
 def main() -> None:

@@ -87,6 +87,7 @@ CASES = [
     (1, 257, 4, 1, 16, None, torch.float32, "normal"),
     (1, 65, 2, 2, 128, 17, torch.float32, "normal"),
     (2, 63, 4, 1, 48, 7, torch.float16, "ties"),
+    (1, 65, 2, 1, 48, None, torch.float16, "normal"),  # d < BLOCK_D: the masked forward tiles
     (1, 257, 2, 1, 64, 40, torch.float32, "ties"),
     (1, 257, 2, 2, 32, 40, torch.float32, "rising"),
     (1, 257, 2, 1, 32, 33, torch.float16, "falling"),

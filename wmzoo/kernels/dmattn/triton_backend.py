@@ -97,6 +97,7 @@ def forward_with_window(q, k, v, bias, cu_seqlens, keep_window: int, scale: floa
     lse = torch.empty((b, h, t), dtype=torch.float32, device=q.device)
     lists = select_window(bias, w, BLOCK_M, layout) if w else None
     kept, kept_bias, theta = lists or (layout.blk_info,) * 3  # placeholders without a window, never read
+    flags = _flags(q, d)
     launch(fwd_kernel)[(layout.n_blocks, b * h)](
         q, k, v, bias, o, lse, layout.blk_info, kept, kept_bias, theta,
         scale, t, d, h, h // hkv, max(w, 1), layout.n_blocks,
@@ -104,7 +105,8 @@ def forward_with_window(q, k, v, bias, cu_seqlens, keep_window: int, scale: floa
         bias.stride(0), bias.stride(1), lse.stride(0), lse.stride(1),
         kept.stride(0) if w else 0, kept.stride(1) if w else 0,
         theta.stride(0) if w else 0, theta.stride(1) if w else 0,
-        VARLEN=layout.varlen, WINDOW=bool(w), BLOCK_M=BLOCK_M, **_flags(q, d),
+        VARLEN=layout.varlen, WINDOW=bool(w), BLOCK_M=BLOCK_M, **flags,
+        EVEN=not layout.varlen and d == flags["BLOCK_D"],
     )
     return o, lse, lists
 

@@ -44,21 +44,42 @@ def load_rows(ptr, rows, row_ok, stride_t, offs_d, D, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def load_full_rows(ptr, rows, stride_t, offs_d, UPCAST: tl.constexpr):
+    """``load_rows`` for a tile known to be inside the sequence and D == BLOCK_D: no masks."""
+    x = tl.load(ptr + rows[:, None].to(tl.int64) * stride_t + offs_d[None, :])
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, col_ok, mask, s_kt, s_vt, offs_d, D, qk_scale,
-              UPCAST: tl.constexpr, IEEE: tl.constexpr):
-    k = load_rows(k_ptr, kj, col_ok, s_kt, offs_d, D, UPCAST)
+              UPCAST: tl.constexpr, IEEE: tl.constexpr, MASK_LOADS: tl.constexpr = True,
+              MASKED: tl.constexpr = True):
+    """One key tile of the online softmax. MASK_LOADS = False: every row kj is inside the
+    sequence and D == BLOCK_D, so K and V load unmasked; MASKED = False: every key is visible to
+    every query too, so the logits go unmasked. Masks cost registers (the forward spilled
+    without these; benchmarks/kernel_resources.py)."""
+    if MASK_LOADS:
+        k = load_rows(k_ptr, kj, col_ok, s_kt, offs_d, D, UPCAST)
+    else:
+        k = load_full_rows(k_ptr, kj, s_kt, offs_d, UPCAST)
     if IEEE:
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
     else:
         s = tl.dot(q, tl.trans(k))
     s = s * qk_scale + bj[None, :] * 1.4426950408889634
-    s = tl.where(mask, s, float("-inf"))
+    if MASKED:
+        s = tl.where(mask, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a -inf bias can leave a row empty
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    v = load_rows(v_ptr, kj, col_ok, s_vt, offs_d, D, UPCAST)
+    if MASK_LOADS:
+        v = load_rows(v_ptr, kj, col_ok, s_vt, offs_d, D, UPCAST)
+    else:
+        v = load_full_rows(v_ptr, kj, s_vt, offs_d, UPCAST)
     if IEEE:
         acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
     else:
@@ -73,8 +94,11 @@ def _fwd_kernel(
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh,
     s_bb, s_bh, s_lb, s_lh, s_keb, s_keh, s_thb, s_thh,
     VARLEN: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr,
 ):
+    # EVEN: a dense batch (sequences start at 0, blocks at multiples of BLOCK_M) and D == BLOCK_D,
+    # so every key tile before the diagonal block is whole: those tiles run unmasked.
+    tl.static_assert(BLOCK_M % BLOCK_N == 0)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = pid_bh // H
@@ -112,6 +136,12 @@ def _fwd_kernel(
             keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, col_ok,
                                       keep & col_ok[None, :], s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
+    elif EVEN:
+        for n0 in range(0, i0, BLOCK_N):
+            kj = n0 + offs_n
+            bj = tl.load(b_ptr + kj).to(tl.float32)
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, kj >= 0, None, s_kt, s_vt,
+                                      offs_d, D, qk_scale, UPCAST, IEEE, MASK_LOADS=False, MASKED=False)
     else:
         for n0 in range(start, i0, BLOCK_N):
             kj = n0 + offs_n
@@ -120,7 +150,8 @@ def _fwd_kernel(
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, col_ok,
                                       col_ok[None, :], s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
     hi = tl.minimum(i0 + BLOCK_M, end)
-    for n0 in range(i0, hi, BLOCK_N):
+    # the diagonal block unpipelined: a second pipelined loop's buffers made the kernel spill
+    for n0 in tl.range(i0, hi, BLOCK_N, num_stages=1):
         kj = n0 + offs_n
         col_ok = kj < hi
         mask = col_ok[None, :] & (kj[None, :] <= offs_m[:, None])
@@ -128,8 +159,12 @@ def _fwd_kernel(
         if WINDOW:
             keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
             mask = mask & keep
-        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, col_ok,
-                                  mask, s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
+        if EVEN:  # rows past the end (last block only) are read clamped and masked in the logits
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, tl.minimum(kj, end - 1), col_ok,
+                                      mask, s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE, MASK_LOADS=False)
+        else:
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, col_ok,
+                                      mask, s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
     tl.store(o_ptr + offs_m[:, None].to(tl.int64) * s_ot + offs_d[None, :], o.to(o_ptr.dtype.element_ty),
