@@ -106,9 +106,9 @@ def dmattn_cases():
 
     fwd = importlib.import_module("wmzoo.kernels.dmattn.triton_fwd")
     bwd = importlib.import_module("wmzoo.kernels.dmattn.triton_bwd")
-    flags = dict(VARLEN=False, BLOCK_D=128, UPCAST=False, IEEE=False)
+    flags = dict(VARLEN=False, BLOCK_D=128, UPCAST=False, IEEE=False, EVEN=True)
     for window in (False, True):
-        yield f"DMAttn forward, window {window}", fwd.fwd_kernel, dict(flags, WINDOW=window, BLOCK_M=128, EVEN=True)
+        yield f"DMAttn forward, window {window}", fwd.fwd_kernel, dict(flags, WINDOW=window, BLOCK_M=128)
     yield "DMAttn backward dq, no window", bwd.bwd_q_kernel, dict(flags, WINDOW=False, BLOCK_M=128)
     yield "DMAttn backward dk dv dbias (key-major, no window)", bwd.bwd_kv_kernel, flags
 

@@ -57,9 +57,12 @@ def _window(keep_window: int, t: int) -> int:
 BLOCK_M = 32 if INTERPRET else 128
 
 
-def _flags(q: torch.Tensor, d: int) -> dict:
-    return dict(BLOCK_D=max(16, triton.next_power_of_2(d)), UPCAST=INTERPRET and not q.is_cuda,
-                IEEE=q.dtype == torch.float32)
+def _flags(q: torch.Tensor, d: int, varlen: bool) -> dict:
+    """Constexprs every DMAttn kernel takes. EVEN: a dense batch (sequences start at 0, blocks at
+    multiples of the block sizes) with d a power of two, so whole tiles need no masks."""
+    block_d = max(16, triton.next_power_of_2(d))
+    return dict(BLOCK_D=block_d, UPCAST=INTERPRET and not q.is_cuda, IEEE=q.dtype == torch.float32,
+                EVEN=not varlen and d == block_d)
 
 
 def empty_window_lists(q, k, v, bias, cu_seqlens, keep_window: int):
@@ -97,7 +100,7 @@ def forward_with_window(q, k, v, bias, cu_seqlens, keep_window: int, scale: floa
     lse = torch.empty((b, h, t), dtype=torch.float32, device=q.device)
     lists = select_window(bias, w, BLOCK_M, layout) if w else None
     kept, kept_bias, theta = lists or (layout.blk_info,) * 3  # placeholders without a window, never read
-    flags = _flags(q, d)
+    flags = _flags(q, d, layout.varlen)
     launch(fwd_kernel)[(layout.n_blocks, b * h)](
         q, k, v, bias, o, lse, layout.blk_info, kept, kept_bias, theta,
         scale, t, d, h, h // hkv, max(w, 1), layout.n_blocks,
@@ -106,7 +109,6 @@ def forward_with_window(q, k, v, bias, cu_seqlens, keep_window: int, scale: floa
         kept.stride(0) if w else 0, kept.stride(1) if w else 0,
         theta.stride(0) if w else 0, theta.stride(1) if w else 0,
         VARLEN=layout.varlen, WINDOW=bool(w), BLOCK_M=BLOCK_M, **flags,
-        EVEN=not layout.varlen and d == flags["BLOCK_D"],
     )
     return o, lse, lists
 
@@ -123,9 +125,9 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
     hkv = k.shape[2]
     g = h // hkv
     w = _window(keep_window, t)
-    flags = _flags(q, d)
     delta = (o.float() * do.float()).sum(-1).transpose(1, 2).contiguous()  # (b, h, t)
     layout = block_layout(t, cu_seqlens, BLOCK_M, q.device)
+    flags = _flags(q, d, layout.varlen)
     dq = torch.empty_like(q)
     if w and (kept.dim() != 4 or kept.shape[-1] != w):  # static shapes only: no sync, no guard
         raise Unsupported(f"kept: shape {tuple(kept.shape)}, expected the forward's window lists "

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ..registry import INTERPRET
-from .triton_fwd import _tuned, block_bounds, load_rows
+from .triton_fwd import _tuned, block_bounds, load_full_rows, load_rows
 from .triton_select import ranks_above
 
 
@@ -33,11 +33,21 @@ def _dot(a, b, IEEE: tl.constexpr):
 @triton.jit
 def _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
                 dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
-                ATOMIC: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
-    k = load_rows(k_ptr, kj, col_ok, s_kt, offs_d, D, UPCAST)
-    v = load_rows(v_ptr, kj, col_ok, s_vt, offs_d, D, UPCAST)
+                ATOMIC: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr = True):
+    """One key tile of dq (and, ATOMIC, of dk, dv, dbias). MASKED = False: the keys are whole
+    rows in range, visible to every query (EVEN off-diagonal tiles); rows past the sequence end
+    then get values too, but their dq is never stored (and ATOMIC tiles are always masked)."""
+    if MASKED:
+        k = load_rows(k_ptr, kj, col_ok, s_kt, offs_d, D, UPCAST)
+        v = load_rows(v_ptr, kj, col_ok, s_vt, offs_d, D, UPCAST)
+    else:
+        k = load_full_rows(k_ptr, kj, s_kt, offs_d, UPCAST)
+        v = load_full_rows(v_ptr, kj, s_vt, offs_d, UPCAST)
     s = _dot(q, tl.trans(k), IEEE) * qk_scale + bj[None, :] * 1.4426950408889634
-    p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
+    if MASKED:
+        p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
+    else:
+        p = tl.exp2(s - lse2[:, None])
     dp = _dot(do, tl.trans(v), IEEE)
     ds = p * (dp - delta[:, None])
     dq += _dot(ds.to(k.dtype), k, IEEE)
@@ -60,8 +70,9 @@ def _bwd_q_kernel(
     s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_dbb, s_dbh,
     s_bb, s_bh, s_lb, s_lh, s_keb, s_keh, s_thb, s_thh,
     VARLEN: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr,
 ):
+    tl.static_assert(BLOCK_M % BLOCK_N == 0)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = pid_bh // H
@@ -106,6 +117,13 @@ def _bwd_q_kernel(
             dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
                              dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
                              True, UPCAST, IEEE)
+    elif EVEN:  # whole tiles before the diagonal block (see _bwd_q_tile)
+        for n0 in range(0, i0, BLOCK_N):
+            kj = n0 + offs_n
+            bj = tl.load(b_ptr + kj).to(tl.float32)
+            dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, kj >= 0, None,
+                             dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
+                             False, UPCAST, IEEE, MASKED=False)
     else:
         for n0 in range(start, i0, BLOCK_N):
             kj = n0 + offs_n
@@ -116,7 +134,7 @@ def _bwd_q_kernel(
                              dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
                              False, UPCAST, IEEE)
     hi = tl.minimum(i0 + BLOCK_M, end)
-    for n0 in range(i0, hi, BLOCK_N):
+    for n0 in tl.range(i0, hi, BLOCK_N, num_stages=1):  # unpipelined, as in the forward
         kj = n0 + offs_n
         col_ok = kj < hi
         mask = col_ok[None, :] & (kj[None, :] <= offs_m[:, None]) & row_ok[:, None]
@@ -132,14 +150,42 @@ def _bwd_q_kernel(
 
 
 @triton.jit
+def _bwd_kv_tile(dk, dv, db, k, v, bj, q_ptr, do_ptr, l_ptr, d_ptr, rows, row_ok, mask, s_qt, s_dot, offs_d, D,
+                 qk_scale, UPCAST: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr):
+    """One query tile of dk, dv, dbias for a key block. MASKED = False: ``rows`` are clamped to
+    the sequence (whole loads), and rows past its end (row_ok False) get lse = +inf: P = 0."""
+    if MASKED:
+        q = load_rows(q_ptr, rows, row_ok, s_qt, offs_d, D, UPCAST)
+        do = load_rows(do_ptr, rows, row_ok, s_dot, offs_d, D, UPCAST)
+        lse2 = tl.load(l_ptr + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+    else:
+        q = load_full_rows(q_ptr, rows, s_qt, offs_d, UPCAST)
+        do = load_full_rows(do_ptr, rows, s_dot, offs_d, UPCAST)
+        lse2 = tl.load(l_ptr + rows, mask=row_ok, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(d_ptr + rows, mask=row_ok, other=0.0)
+    st = _dot(k, tl.trans(q), IEEE) * qk_scale + bj[:, None]
+    if MASKED:
+        pt = tl.where(mask, tl.exp2(st - lse2[None, :]), 0.0)
+    else:
+        pt = tl.exp2(st - lse2[None, :])
+    dv += _dot(pt.to(do.dtype), do, IEEE)
+    dpt = _dot(v, tl.trans(do), IEEE)
+    dst = pt * (dpt - delta[None, :])
+    dk += _dot(dst.to(q.dtype), q, IEEE)
+    db += tl.sum(dst, axis=1)
+    return dk, dv, db
+
+
+@triton.jit
 def _bwd_kv_kernel(
     q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, db_ptr, info_ptr,
     sm_scale, T, D, HKV, G, N_BLK,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_dob, s_dot, s_doh,
     s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_dbb, s_dbh, s_bb, s_bh, s_lb, s_lh,
     VARLEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr,
 ):
+    tl.static_assert(BLOCK_N % BLOCK_M == 0)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = pid_bh // HKV
@@ -167,21 +213,27 @@ def _bwd_kv_kernel(
         doh_ptr = do_ptr + bi64 * s_dob + hq * s_doh
         l_ptr = lse_ptr + bi64 * s_lb + hq * s_lh
         d_ptr = delta_ptr + bi64 * s_lb + hq * s_lh
-        for m0 in range(j0, end, BLOCK_M):
+        # Query tiles overlapping the key block need the causal mask; past it every query sees
+        # every key of the block. EVEN: those tiles load unmasked (rows clamped to the sequence)
+        # and rows past its end get lse = +inf, so P = 0 there without a 2-D mask.
+        diag_end = tl.minimum(j0 + BLOCK_N, end)
+        for m0 in range(j0, diag_end, BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)
             row_ok = offs_m < end
-            q = load_rows(qh_ptr, offs_m, row_ok, s_qt, offs_d, D, UPCAST)
-            do = load_rows(doh_ptr, offs_m, row_ok, s_dot, offs_d, D, UPCAST)
-            lse2 = tl.load(l_ptr + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
-            delta = tl.load(d_ptr + offs_m, mask=row_ok, other=0.0)
-            st = _dot(k, tl.trans(q), IEEE) * qk_scale + bj[:, None]
             mask = col_ok[:, None] & row_ok[None, :] & (offs_m[None, :] >= offs_n[:, None])
-            pt = tl.where(mask, tl.exp2(st - lse2[None, :]), 0.0)
-            dv += _dot(pt.to(do.dtype), do, IEEE)
-            dpt = _dot(v, tl.trans(do), IEEE)
-            dst = pt * (dpt - delta[None, :])
-            dk += _dot(dst.to(q.dtype), q, IEEE)
-            db += tl.sum(dst, axis=1)
+            dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr, offs_m, row_ok,
+                                      mask, s_qt, s_dot, offs_d, D, qk_scale, UPCAST, IEEE, True)
+        for m0 in range(diag_end, end, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            row_ok = offs_m < end
+            if EVEN:
+                dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr,
+                                          tl.minimum(offs_m, end - 1), row_ok, None, s_qt, s_dot, offs_d, D,
+                                          qk_scale, UPCAST, IEEE, False)
+            else:
+                dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr, offs_m, row_ok,
+                                          col_ok[:, None] & row_ok[None, :], s_qt, s_dot, offs_d, D, qk_scale,
+                                          UPCAST, IEEE, True)
     d_ok = col_ok[:, None] & (offs_d[None, :] < D)
     rows = offs_n[:, None].to(tl.int64)
     tl.store(dk_ptr + bi64 * s_dkb + hk * s_dkh + rows * s_dkt + offs_d[None, :], (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=d_ok)

@@ -96,8 +96,8 @@ def _fwd_kernel(
     VARLEN: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr,
 ):
-    # EVEN: a dense batch (sequences start at 0, blocks at multiples of BLOCK_M) and D == BLOCK_D,
-    # so every key tile before the diagonal block is whole: those tiles run unmasked.
+    # EVEN (triton_backend._flags): every key tile before the diagonal block is whole and visible
+    # to every query of the block, so those tiles run unmasked.
     tl.static_assert(BLOCK_M % BLOCK_N == 0)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
