@@ -33,11 +33,13 @@ def _dot(a, b, IEEE: tl.constexpr):
 @triton.jit
 def _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
                 dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
-                ATOMIC: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr = True):
-    """One key tile of dq (and, ATOMIC, of dk, dv, dbias). MASKED = False: the keys are whole
-    rows in range, visible to every query (EVEN off-diagonal tiles); rows past the sequence end
-    then get values too, but their dq is never stored (and ATOMIC tiles are always masked)."""
-    if MASKED:
+                ATOMIC: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+                MASK_LOADS: tl.constexpr = True, MASKED: tl.constexpr = True):
+    """One key tile of dq (and, ATOMIC, of dk, dv, dbias). MASK_LOADS = False: every row kj is
+    inside the sequence and D == BLOCK_D (EVEN); MASKED = False: every key is also visible to
+    every query (EVEN off-diagonal tiles). Query rows past the sequence end then get values
+    too, but their dq is never stored (and ATOMIC tiles are always masked)."""
+    if MASK_LOADS:
         k = load_rows(k_ptr, kj, col_ok, s_kt, offs_d, D, UPCAST)
         v = load_rows(v_ptr, kj, col_ok, s_vt, offs_d, D, UPCAST)
     else:
@@ -123,7 +125,7 @@ def _bwd_q_kernel(
             bj = tl.load(b_ptr + kj).to(tl.float32)
             dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, kj >= 0, None,
                              dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
-                             False, UPCAST, IEEE, MASKED=False)
+                             False, UPCAST, IEEE, MASK_LOADS=False, MASKED=False)
     else:
         for n0 in range(start, i0, BLOCK_N):
             kj = n0 + offs_n
@@ -142,9 +144,10 @@ def _bwd_q_kernel(
         if WINDOW:
             keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
             mask = mask & keep
-        dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
-                         dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
-                         WINDOW, UPCAST, IEEE)
+        # EVEN without a window: rows past the end (last block only) read clamped, masked in P
+        dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, tl.minimum(kj, end - 1) if EVEN and not WINDOW
+                         else kj, col_ok, mask, dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D,
+                         qk_scale, sm_scale, WINDOW, UPCAST, IEEE, MASK_LOADS=not (EVEN and not WINDOW))
     tl.store(dq_ptr + offs_m[:, None].to(tl.int64) * s_dqt + offs_d[None, :], (dq * sm_scale).to(dq_ptr.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d[None, :] < D))
 
