@@ -6,7 +6,9 @@ The benchmarks (bench_ssd.py, bench_dmattn.py) give one number per op; this scri
 kernels make it up (torch.profiler, after warm-up), e.g. the SSD backward's two sweeps vs the
 RoPE transpose pass, or the DMAttn window selection's three launches vs the attention, and
 whether a call is bound by the host (host time per call far above the kernels' sum), as the
-DMAttn decode path looked in run 4 (0.29 ms for ~17 MB of cache). Prints one table per case.
+DMAttn decode path looked in run 4 (0.29 ms for ~17 MB of cache). Prints one table per case,
+then on CUDA the config every autotuned kernel chose (to read beside
+benchmarks/kernel_resources.py's spills per config).
 On CPU it runs tiny shapes through whatever path the op takes there (a check of the script).
 """
 
@@ -94,6 +96,21 @@ def dmattn_cases(device: torch.device, tiny: bool):
         yield f"dmattn decode attend, {context} context, w {window}", lambda: cache.attend(q1)
 
 
+def chosen_configs() -> None:
+    """The config each autotuned kernel settled on, per autotune key (what the profile ran)."""
+    import importlib
+
+    from triton.runtime.autotuner import Autotuner
+
+    print("\n== autotune choices")
+    for name in ("ssd.triton_fwd", "ssd.triton_bwd", "ssd.triton_segments", "dmattn.triton_fwd", "dmattn.triton_bwd"):
+        module = importlib.import_module(f"wmzoo.kernels.{name}")
+        for attr, obj in vars(module).items():
+            if isinstance(obj, Autotuner) and obj.cache:
+                for key, cfg in obj.cache.items():
+                    print(f"{name}.{attr} {key}: {cfg}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sections", default="ssd,dmattn")
@@ -108,6 +125,8 @@ def main() -> None:
             raise SystemExit(f"--sections: expected a comma-separated subset of {sorted(cases)}, got {section!r}")
         for name, fn in cases[section](device, tiny):
             report(name, fn, device)
+    if device.type == "cuda":
+        chosen_configs()
 
 
 if __name__ == "__main__":
