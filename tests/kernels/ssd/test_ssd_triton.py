@@ -373,18 +373,24 @@ def test_unsupported_inputs_say_why_and_fall_back():
 # GPU: bf16
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("groups", [1, 8])
-@pytest.mark.parametrize("rope", [0, 32])
-def test_gpu_bf16_matches_loop(groups, rope, triton_calls):
-    args = make_inputs(2, 300, 8, groups, 64, 64, dtype=torch.bfloat16, rope=rope, seed=groups + rope,
-                       device="cuda")
+def check_gpu_against_loop(args, triton_calls):
+    """bf16 on CUDA, one forward and one backward through the kernels, against the float64 loop
+    on CPU."""
     weights = tuple(w.cuda() for w in loss_weights(args))
     got = run_op(args, 64, weights)
     want = run_loop({k: v.cpu() if v is not None else None for k, v in args.items()},
                     tuple(w.cpu() for w in weights))
     assert triton_calls["forward"] == 1 and triton_calls["backward"] == 1
     assert_all_close(got, want, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("groups", [1, 8])
+@pytest.mark.parametrize("rope", [0, 32])
+def test_gpu_bf16_matches_loop(groups, rope, triton_calls):
+    args = make_inputs(2, 300, 8, groups, 64, 64, dtype=torch.bfloat16, rope=rope, seed=groups + rope,
+                       device="cuda")
+    check_gpu_against_loop(args, triton_calls)
 
 
 @pytest.mark.gpu
@@ -397,12 +403,7 @@ def test_gpu_bf16_benchmark_tiles(monkeypatch, segs, triton_calls):
 
     monkeypatch.setattr(triton_backend, "FORCE_SEGMENTS", segs)
     args = make_inputs(2, 200, 4, 4, 64, 128, dtype=torch.bfloat16, rope=64, seed=3, device="cuda")
-    weights = tuple(w.cuda() for w in loss_weights(args))
-    got = run_op(args, 64, weights)
-    want = run_loop({k: v.cpu() if v is not None else None for k, v in args.items()},
-                    tuple(w.cpu() for w in weights))
-    assert triton_calls["forward"] == 1 and triton_calls["backward"] == 1
-    assert_all_close(got, want, torch.bfloat16)
+    check_gpu_against_loop(args, triton_calls)
 
 
 @pytest.mark.gpu
