@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -195,6 +196,19 @@ def test_mqar_smoke_writes_every_run_its_table_and_figure(smoke_dir):
     assert (smoke_dir / "mqar-smoke.png").stat().st_size > 0
     table = (smoke_dir / "mqar-smoke.md").read_text()
     assert "Linear attention" in table and "| 48 |" in table
+
+
+def test_mqar_seed_runs_another_draw_into_its_own_file(smoke_dir, tmp_path):
+    out = tmp_path / "seeded"
+    shutil.copytree(smoke_dir, out)
+    main(["mqar", "--grid", "smoke", "--out", str(out), "--seed", "5"])
+    base = json.loads((out / "mqar-smoke.json").read_text())
+    seeded = json.loads((out / "mqar-smoke-seed5.json").read_text())
+    assert seeded["meta"]["protocol"]["seed"] == 5 and base["meta"]["protocol"]["seed"] == 0
+    assert set(seeded["records"]) == set(base["records"])
+    assert [r["final_loss"] for r in seeded["records"].values()] != [r["final_loss"] for r in base["records"].values()]
+    with pytest.raises(SystemExit, match="cpu-probe-v64-fan-in-seed1"):  # that draw is a grid of its own
+        main(["mqar", "--grid", "cpu-probe-v64-fan-in", "--out", str(out), "--seed", "1"])
 
 
 def test_mqar_rerun_trains_nothing_stored_and_refuses_another_protocol(smoke_dir, monkeypatch):

@@ -29,6 +29,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--grid", choices=sorted(GRIDS), default="smoke")
     p.add_argument("--steps", type=int, help="override the grid's training steps")
     p.add_argument("--shard", default="0/1", help="run only the cells i, i+n, ... of the grid: 'i/n'")
+    p.add_argument("--seed", type=int, help="another draw of the grid (init and data): results go to "
+                                            "mqar-<grid>-seed<N>.json")
     _common(p)
     p.set_defaults(func=cmd_mqar)
 
@@ -72,9 +74,14 @@ def cmd_mqar(args) -> None:
     from . import mqar
     from .results import ResultStore
 
-    grid = mqar.GRIDS[args.grid]
+    grid, name = mqar.GRIDS[args.grid], args.grid
     if args.steps:
         grid = replace(grid, steps=args.steps)
+    if args.seed is not None and args.seed != grid.seed:
+        name = f"{args.grid}-seed{args.seed}"
+        if name in mqar.GRIDS:  # a grid of its own already names that draw
+            raise SystemExit(f"--seed: {args.grid} with seed {args.seed} is the grid {name!r}; run --grid {name}")
+        grid = replace(grid, seed=args.seed, notes=f"{grid.notes}; seed {args.seed}")
     try:
         index, count = (int(v) for v in args.shard.split("/"))
     except ValueError:
@@ -82,7 +89,7 @@ def cmd_mqar(args) -> None:
     if not 0 <= index < count:
         raise SystemExit(f"--shard: expected 'i/n' with 0 <= i < n, got {args.shard!r}")
     out = _out_dir(args, args.grid)
-    store = ResultStore(out / f"mqar-{args.grid}.json")
+    store = ResultStore(out / f"mqar-{name}.json")
     mqar.run_grid(grid, store, device=args.device, shard=(index, count), max_minutes=args.max_minutes,
                    command=_command(args))
     print(mqar.write_outputs(store.path))
