@@ -1,6 +1,9 @@
 """SSD benchmark (issue 4): wmzoo's Triton SSD beside the anchors, measured in one run.
 
-    python benchmarks/bench_ssd.py --out DIR
+    python benchmarks/bench_ssd.py --out DIR [--quick] [--no-fla] [--shapes 0,1] [--sections correct,time,decode]
+
+With first-call compiles the whole table takes more than one 10-minute device call; split it by
+--shapes / --sections (results.json is rewritten after every step, so a cut call keeps them).
 
 Anchors (same run, same GPU): fla chunk_simple_gla (SSD with per-head B/C in GLA form),
 mamba_ssm mamba_chunk_scan_combined (chunk 64 and 256), and wmzoo's own chunked reference
@@ -240,19 +243,37 @@ def main():
     ap.add_argument("--no-fla", action="store_true",
                     help="leave fla out: its first call autotuned for > 3 minutes on triton 3.6 (H200)")
     ap.add_argument("--configs", help="probe.json of ssd_probe_configs.py: time only configs it passed")
+    ap.add_argument("--shapes", default=",".join(str(i) for i in range(len(SHAPES))),
+                    help="comma-separated indices into SHAPES (the whole table took more than one 10-minute "
+                         "device call with first-call compiles: split it)")
+    ap.add_argument("--sections", default="correct,time,decode", help="comma-separated subset of correct,time,decode")
     args = ap.parse_args()
+    shapes = [int(i) for i in args.shapes.split(",")]
+    sections = set(args.sections.split(","))
+    if not set(shapes) <= set(range(len(SHAPES))) or not sections <= {"correct", "time", "decode"}:
+        raise SystemExit(f"--shapes: indices in 0..{len(SHAPES) - 1}; --sections: a subset of correct,time,decode")
     if args.configs:
         use_probed_configs(args.configs)
     RESULTS["env"] = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                       "triton": __import__("triton").__version__}
     print(RESULTS["env"], flush=True)
-    check_correctness()
-    for i, shape in enumerate(SHAPES):
-        time_shape(*shape, compiled_ref=i == 0, mamba_chunks=(64,) if args.quick else (64, 256),
-                   fla=not args.no_fla)
-    time_decode()
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump(RESULTS, fh, indent=1)
+    path = os.path.join(args.out, "results.json")
+
+    def save():  # after every step: a call cut by its time limit keeps what it measured
+        with open(path, "w") as fh:
+            json.dump(RESULTS, fh, indent=1)
+
+    if "correct" in sections:
+        check_correctness()
+        save()
+    if "time" in sections:
+        for i in shapes:
+            time_shape(*SHAPES[i], compiled_ref=i == 0, mamba_chunks=(64,) if args.quick else (64, 256),
+                       fla=not args.no_fla)
+            save()
+    if "decode" in sections:
+        time_decode()
+        save()
     print("\n" + table())
 
 
