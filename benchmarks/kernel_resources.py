@@ -31,7 +31,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 H200_SHARED = 232448  # bytes of shared memory per block (opt-in maximum)
-BF16_PTRS = {"x_ptr", "B_ptr", "C_ptr", "dy_ptr", "y_ptr", "dx_ptr", "dB_ptr", "dC_ptr",
+BF16_PTRS = {"x_ptr", "B_ptr", "C_ptr", "dy_ptr", "y_ptr", "dx_ptr", "dB_ptr", "dC_ptr", "b_ptr", "db_ptr",
              "q_ptr", "k_ptr", "v_ptr", "o_ptr", "do_ptr", "dq_ptr", "dk_ptr", "dv_ptr"}
 INT_PTRS = {"cu_ptr", "info_ptr", "kept_ptr", "theta_ptr"}
 
