@@ -58,8 +58,8 @@ def _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, col_ok, mask, s_kt, s_vt, 
               MASKED: tl.constexpr = True):
     """One key tile of the online softmax. MASK_LOADS = False: every row kj is inside the
     sequence and D == BLOCK_D, so K and V load unmasked; MASKED = False: every key is visible to
-    every query too, so the logits go unmasked. Masks cost registers (the forward spilled
-    without these; benchmarks/kernel_resources.py)."""
+    every query too, so the logits go unmasked. Masks cost registers (the forward spilled with
+    them on every tile; benchmarks/kernel_resources.py)."""
     if MASK_LOADS:
         k = load_rows(k_ptr, kj, col_ok, s_kt, offs_d, D, UPCAST)
     else:
