@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from . import expert_speed, mqar, rope_ssd
@@ -280,9 +281,18 @@ def summary(mqar_files: list[Path], rope_files: list[Path], results_dir: Path) -
 
 
 def _ordered(paths: list[Path]) -> list[Path]:
-    rank = {"paper": 0, "gpu-reduced": 1, "cpu-probe-v64-fan-in": 2, "cpu-probe-v64-fan-in-seed1": 3,
-            "cpu-probe-v64": 4, "cpu-probe": 5, "cpu-probe-3k": 6, "paper-cheems-init": 7}
-    return sorted(paths, key=lambda p: (rank.get(p.stem.split("-", 1)[-1], 8), p.name))
+    """GPU grids first, then the CPU probes, each grid followed by its other draws (``-seedN``
+    files of ``mqar --seed``, or grids named so) in seed order."""
+    rank = {"paper": 0, "gpu-reduced": 1, "cpu-probe-v64-fan-in": 2, "cpu-probe-v64": 3, "cpu-probe": 4,
+            "cpu-probe-3k": 5, "paper-cheems-init": 6}
+
+    def key(p: Path):
+        name = p.stem.split("-", 1)[-1]
+        draw = re.fullmatch(r"(.*)-seed(\d+)", name)
+        base, seed = (draw.group(1), int(draw.group(2))) if draw else (name, 0)
+        return rank.get(base, len(rank)), base, seed
+
+    return sorted(paths, key=key)
 
 
 def render(results_dir: Path, doc_dir: Path) -> str:
