@@ -37,8 +37,8 @@ from .triton_common import (
     TILE_KEY,
     chunk_decays,
     configs,
-    load_bc,
     load_cols,
+    load_rotated,
     load_state,
     mm,
     mm_split_a,
@@ -55,7 +55,8 @@ def rotated_operands(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HA
                      NB: tl.constexpr, ROPE: tl.constexpr, DOT: tl.constexpr):
     """B~ and C~ of a chunk as the backward uses them: rotated, then rounded once to what tl.dot
     sees (operand), so that products and elementwise uses see the same values."""
-    b, c = load_bc(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+    b = load_rotated(Bg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+    c = load_rotated(Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
     if ROPE:  # without RoPE the loads are exact in the half type already
         b = operand(b, DOT)
         c = operand(c, DOT)

@@ -12,9 +12,8 @@ RoPE on load, one tile over n: B~ and C~ (and the p x n state) are single tiles 
 channels; ``load_rotated`` forms a rotated tile from the plain load and gathers of each channel's
 rotation partner (channel i pairs with i + r/2 for i < r/2) and of its cos / sin. No tile is
 split by the rotation, so RoPE adds no state math and no padding: only those loads and a few
-FMAs. The backward's kernels therefore
-produce gradients w.r.t. the rotated B~ and C~; RoPE's transpose is applied to them afterwards
-by ``_unrotate_kernel`` (elementwise, in place).
+FMAs. The backward's kernels therefore produce gradients w.r.t. the rotated B~ and C~; RoPE's
+transpose is applied to them afterwards by ``_unrotate_kernel`` (elementwise, in place).
 """
 
 from __future__ import annotations
@@ -195,15 +194,6 @@ def load_rotated(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
     if ROPE:
         z = rotate(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, NB)
     return z
-
-
-@triton.jit
-def load_bc(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
-            NB: tl.constexpr, ROPE: tl.constexpr):
-    """B~ and C~ tiles (rows, NB) of one chunk."""
-    b = load_rotated(Bg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
-    c = load_rotated(Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
-    return b, c
 
 
 @triton.jit
