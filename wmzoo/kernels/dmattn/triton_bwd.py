@@ -144,10 +144,11 @@ def _bwd_q_kernel(
         if WINDOW:
             keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
             mask = mask & keep
-        # EVEN without a window: rows past the end (last block only) read clamped, masked in P
-        dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, tl.minimum(kj, end - 1) if EVEN and not WINDOW
-                         else kj, col_ok, mask, dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D,
-                         qk_scale, sm_scale, WINDOW, UPCAST, IEEE, MASK_LOADS=not (EVEN and not WINDOW))
+        if EVEN and not WINDOW:  # rows past the end (last block only) read clamped, masked in P
+            kj = tl.minimum(kj, end - 1)
+        dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
+                         dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
+                         WINDOW, UPCAST, IEEE, MASK_LOADS=WINDOW or not EVEN)
     tl.store(dq_ptr + offs_m[:, None].to(tl.int64) * s_dqt + offs_d[None, :], (dq * sm_scale).to(dq_ptr.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d[None, :] < D))
 
