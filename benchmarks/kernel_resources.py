@@ -5,13 +5,17 @@
 Each kernel is compiled for sm_90a by Triton (no GPU needed) with every config of its autotune
 list, then ``ptxas -v`` (the one shipped with Triton) reports registers per thread, spill
 stores / loads and the stack frame; Triton's metadata gives the shared memory. Shapes are the
-benchmarks' tiles (SSD p 64, n 128, chunk 64, bf16; DMAttn d 128, bf16). A config whose shared
-memory exceeds the H200's 227 KB is marked: the autotuner drops it, and when every config is
-dropped the op fails (as the SSD forward did with RoPE at n 128, ssd.md run 8).
+benchmarks' tiles (SSD p 64, n 128, chunk 64, bf16; DMAttn d 128, bf16 q / k / v, fp32 bias).
+A config whose shared memory exceeds the H200's 227 KB is marked: the autotuner drops it, and
+when every config is dropped the op fails (as the SSD forward did with RoPE at n 128, ssd.md
+run 8).
 
 Why this exists: a kernel's time on the GPU moved in ways the loads alone did not predict (three
 RoPE load forms, ssd.md run 8); spills are the first thing to check, and checking them costs no
-device time.
+device time. What it cannot do: rank configs by speed. On the H200 DMAttn's key-major backward
+runs fastest at a 4-warp config that spills 2.3 KB per thread; the spill-free 8-warp configs
+were 1.37-1.53x slower (dmattn.md run 6). Use it to catch configs that cannot run (shared
+memory) or spill grossly, and time the rest on the GPU.
 """
 
 from __future__ import annotations
