@@ -125,7 +125,10 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
     hkv = k.shape[2]
     g = h // hkv
     w = _window(keep_window, t)
-    delta = (o.float() * do.float()).sum(-1).transpose(1, 2).contiguous()  # (b, h, t)
+    # (b, h, t). Its own strides go to the kernels: under torch.compile it is a buffer whose
+    # layout Inductor picks (same stride order, exact strides not promised, e.g. when it pads
+    # static shapes), so it need not match lse's, as the kernels once assumed.
+    delta = (o.float() * do.float()).sum(-1).transpose(1, 2).contiguous()
     layout = block_layout(t, cu_seqlens, BLOCK_M, q.device)
     flags = _flags(q, d, layout.varlen)
     dq = torch.empty_like(q)
@@ -150,7 +153,7 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
         scale, t, d, h, g, max(w, 1), layout.n_blocks,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
         *dk.stride()[:3], *dv.stride()[:3], dbias.stride(0), dbias.stride(1),
-        bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1),
+        bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1), delta.stride(0), delta.stride(1),
         kept.stride(0) if w else 0, kept.stride(1) if w else 0,
         theta.stride(0) if w else 0, theta.stride(1) if w else 0,
         VARLEN=layout.varlen, WINDOW=bool(w), BLOCK_M=BLOCK_M, **flags, **q_cfg,
@@ -160,7 +163,7 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
     args = (q, k, v, bias_c, do, lse, delta, dk, dv, dbias)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
                *dk.stride()[:3], *dv.stride()[:3], dbias.stride(0), dbias.stride(1),
-               bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1))
+               bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1), delta.stride(0), delta.stride(1))
     if cu_seqlens is None:
         n_blk = lambda meta: triton.cdiv(t, meta["BLOCK_N"])  # noqa: E731
         launch(bwd_kv_kernel)[lambda meta: (n_blk(meta), b * hkv)](

@@ -70,7 +70,7 @@ def _bwd_q_kernel(
     sm_scale, T, D, H, G, W, N_BLK,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_dob, s_dot, s_doh, s_dqb, s_dqt, s_dqh,
     s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_dbb, s_dbh,
-    s_bb, s_bh, s_lb, s_lh, s_keb, s_keh, s_thb, s_thh,
+    s_bb, s_bh, s_lb, s_lh, s_deb, s_deh, s_keb, s_keh, s_thb, s_thh,
     VARLEN: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr,
 ):
@@ -98,7 +98,7 @@ def _bwd_q_kernel(
     q = load_rows(q_ptr, offs_m, row_ok, s_qt, offs_d, D, UPCAST)
     do = load_rows(do_ptr, offs_m, row_ok, s_dot, offs_d, D, UPCAST)
     lse2 = tl.load(lse_ptr + bi64 * s_lb + hq * s_lh + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
-    delta = tl.load(delta_ptr + bi64 * s_lb + hq * s_lh + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(delta_ptr + bi64 * s_deb + hq * s_deh + offs_m, mask=row_ok, other=0.0)
     # Inductor may hand a float argument over as fp64 (dynamic shapes); keep the math fp32.
     sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
@@ -185,7 +185,7 @@ def _bwd_kv_kernel(
     q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, db_ptr, info_ptr,
     sm_scale, T, D, HKV, G, N_BLK,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_dob, s_dot, s_doh,
-    s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_dbb, s_dbh, s_bb, s_bh, s_lb, s_lh,
+    s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_dbb, s_dbh, s_bb, s_bh, s_lb, s_lh, s_deb, s_deh,
     VARLEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr,
 ):
@@ -216,7 +216,7 @@ def _bwd_kv_kernel(
         qh_ptr = q_ptr + bi64 * s_qb + hq * s_qh
         doh_ptr = do_ptr + bi64 * s_dob + hq * s_doh
         l_ptr = lse_ptr + bi64 * s_lb + hq * s_lh
-        d_ptr = delta_ptr + bi64 * s_lb + hq * s_lh
+        d_ptr = delta_ptr + bi64 * s_deb + hq * s_deh
         # Query tiles overlapping the key block need the causal mask; past it every query sees
         # every key of the block. EVEN: those tiles load unmasked (rows clamped to the sequence)
         # and rows past its end get lse = +inf, so P = 0 there without a 2-D mask.
