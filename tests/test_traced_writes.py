@@ -1,0 +1,118 @@
+"""What torch.compile believes each Triton kernel writes, checked on a CPU-only machine.
+
+On CUDA the ops are ``triton_op``s: when torch.compile traces one, functionalization keeps
+only the tensors that torch's analysis of the kernel's TTIR reports as written
+(``identify_accessed_tensors``); an output it missed would reach the graph as the untouched
+``torch.empty`` buffer. These tests record the launches of one backend call (nothing runs),
+have torch analyse each kernel for sm_90, and compare with the outputs each kernel is
+documented to write. The TTIR needs a GPU target only, not a GPU: a stand-in driver names one.
+"""
+
+import importlib
+import os
+
+import pytest
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.runtime.autotuner import Autotuner
+
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
+                                reason="builds GPU TTIR; not under the interpreter")
+
+
+class _Hopper:
+    """Just enough of a Triton driver for TTIR generation: the target."""
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+
+@pytest.fixture
+def hopper(monkeypatch):
+    monkeypatch.setattr(triton.runtime.driver, "_active", _Hopper())
+
+
+def jit_function(kernel):
+    """The @triton.jit function behind a launched kernel (an Autotuner wraps one)."""
+    return kernel.fn if isinstance(kernel, Autotuner) else kernel
+
+
+def record_launches(monkeypatch, module):
+    """Replace ``module.launch`` so that kernel[grid](...) records (kernel, args, kwargs)."""
+    calls = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append((self.kernel, args, kwargs))
+
+    monkeypatch.setattr(module, "launch", Recorder)
+    return calls
+
+
+def written(kernel, args, kwargs) -> set[str]:
+    """The pointer arguments torch's TTIR analysis reports as written by this launch."""
+    from torch._higher_order_ops.triton_kernel_wrap import identify_accessed_tensors
+
+    bound = dict(zip(jit_function(kernel).arg_names, args)) | kwargs
+    accesses = identify_accessed_tensors(kernel, bound, {})
+    return {dep.name for dep in accesses.read_writes.writes}
+
+
+def check(calls, expected, read_only):
+    """Every documented output is reported written, and no read-only input is: the analysis
+    ran (on failure torch assumes that every tensor is written, which would pass the first)."""
+    for kern, args, kwargs in calls:
+        name = jit_function(kern).__name__
+        writes = written(kern, args, kwargs)
+        assert expected[name] <= writes, (name, writes)
+        assert not writes & read_only, (name, writes & read_only)
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_dmattn_kernels_are_seen_writing_their_outputs(hopper, monkeypatch, varlen):
+    backend = importlib.import_module("wmzoo.kernels.dmattn.triton_backend")
+    calls = record_launches(monkeypatch, backend)
+    t, h, hkv, d = 300, 4, 2, 64
+    q = torch.randn(1, t, h, d, dtype=torch.bfloat16)
+    k, v = (torch.randn(1, t, hkv, d, dtype=torch.bfloat16) for _ in range(2))
+    bias, lse = torch.randn(1, hkv, t), torch.randn(1, h, t)
+    cu = torch.tensor([0, 120, t], dtype=torch.int32) if varlen else None
+    none = torch.empty(0)
+    backend.forward(q, k, v, bias, cu, 0, d ** -0.5)
+    backend.backward(torch.randn_like(q), q, k, v, bias, torch.randn_like(q), lse, none, none, none, cu, 0, d ** -0.5)
+    expected = {"_fwd_kernel": {"o_ptr", "lse_ptr"}, "_bwd_q_kernel": {"dq_ptr"},
+                "_bwd_kv_kernel": {"dk_ptr", "dv_ptr", "db_ptr"}}
+    assert sorted(jit_function(kern).__name__ for kern, _, _ in calls) == sorted(expected)
+    check(calls, expected, read_only={"q_ptr", "k_ptr", "v_ptr", "b_ptr", "do_ptr", "delta_ptr"})
+
+
+def test_ssd_kernels_are_seen_writing_their_outputs(hopper, monkeypatch):
+    backend = importlib.import_module("wmzoo.kernels.ssd.triton_backend")
+    calls = record_launches(monkeypatch, backend)
+    b, t, h, p, g, n = 1, 100, 4, 32, 2, 32
+    x, dy = torch.randn(b, t, h, p, dtype=torch.bfloat16), torch.randn(b, t, h, p, dtype=torch.bfloat16)
+    dt, A, D = torch.rand(b, t, h), -torch.rand(h), torch.randn(h)
+    B, C = (torch.randn(b, t, g, n, dtype=torch.bfloat16) for _ in range(2))
+    cos, sin = torch.rand(b, t, n // 4), torch.rand(b, t, n // 4)
+    h0, dfinal = torch.randn(b, h, p, n), torch.randn(b, h, p, n)
+    backend.forward(x, dt, A, B, C, D, h0, None, cos, sin, 64)
+    backend.backward(dy, dfinal, x, dt, A, B, C, D, h0, None, cos, sin, 64)
+    expected = {
+        "_ssd_fwd_kernel": {"y_ptr", "final_ptr"},
+        "_ssd_bwd_forward_sweep": {"dC_ptr", "cdc_ptr", "dff_ptr"},
+        "_ssd_bwd_reverse_sweep": {"dx_ptr", "ddt_ptr", "dB_ptr", "dA_ptr", "dD_ptr", "dh0_ptr"},
+        "_unrotate_kernel": {"d_ptr"},  # RoPE's transpose, in place on the summed dB~ and dC~
+    }
+    names = [jit_function(kern).__name__ for kern, _, _ in calls]
+    assert set(names) == set(expected), names
+    check(calls, expected, read_only={"x_ptr", "dy_ptr", "B_ptr", "C_ptr", "cos_ptr", "sin_ptr"})
