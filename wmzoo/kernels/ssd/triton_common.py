@@ -29,10 +29,20 @@ TILE_KEY = ["P", "N", "Q", "BLOCK_P", "NB", "ROPE", "DOT"]
 
 
 def configs(warps_stages):
-    """Autotune configs from (num_warps, num_stages) pairs; the interpreter takes exactly one."""
+    """Autotune configs from (num_warps, num_stages[, maxnreg]) tuples; the interpreter takes
+    exactly one."""
     if INTERPRET:
         return [triton.Config({}, num_warps=4, num_stages=1)]
-    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in warps_stages]
+    return [triton.Config({}, num_warps=c[0], num_stages=c[1], maxnreg=c[2] if len(c) > 2 else None)
+            for c in warps_stages]
+
+
+# An 8-warp config capped at 128 registers per thread: two programs then share an SM (at 255
+# registers one fills it), so the main shape's 256 (sequence, head) programs run in one wave
+# instead of two. They spill more (reverse sweep 3.8 KB vs 2.7 KB per thread, sm_90a); whether
+# that wins is the autotuner's call: on the H200 DMAttn's key-major backward runs fastest at a
+# spilling config that fits two programs per SM (docs/benchmarks/dmattn.md, run 6).
+TWO_PER_SM = (8, 1, 128)
 
 
 # Codes of the DOT constexpr: how tl.dot multiplies (see `mm`).
