@@ -45,6 +45,17 @@ def configs(warps_stages):
 TWO_PER_SM = (8, 1, 128)
 
 
+def two_per_sm_fits(configs, named_args, **kwargs):
+    """Autotune pruning: keep TWO_PER_SM only up to the main shape's state tile (p x n = 64 x
+    128). Larger tiles spill several times more under the cap, and at 128 x 256 ptxas refuses
+    to compile the forward in 128 registers (it asks for 158), an error the autotuner of every
+    Triton version need not skip."""
+    args = {**named_args, **kwargs}
+    if args["BLOCK_P"] * args["NB"] <= 64 * 128:
+        return configs
+    return [c for c in configs if not c.maxnreg]
+
+
 # Codes of the DOT constexpr: how tl.dot multiplies (see `mm`).
 DOT_IEEE = 0  # fp32 inputs, or the CPU interpreter: exact fp32 products
 DOT_BF16 = 1  # bf16 inputs on the GPU: bf16 tensor cores, fp32 accumulation

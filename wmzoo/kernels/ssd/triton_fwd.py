@@ -28,13 +28,15 @@ from .triton_common import (
     mm,
     program_chunks,
     store_state,
+    two_per_sm_fits,
 )
 
 
 # A one-stage config: the autotuner drops configs whose pipelined loads do not fit in shared
 # memory but needs one that does (an earlier RoPE load form needed 270 KB at two stages at n 128,
 # over the H200's 227 KB, and every config failed; n goes up to 256).
-@triton.autotune(configs=configs(((4, 1), (4, 2), (8, 2), (4, 3), TWO_PER_SM)), key=TILE_KEY + ["WRITE_FINAL"])
+@triton.autotune(configs=configs(((4, 1), (4, 2), (8, 2), (4, 3), TWO_PER_SM)), key=TILE_KEY + ["WRITE_FINAL"],
+                  prune_configs_by={"early_config_prune": two_per_sm_fits})
 @triton.jit
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
