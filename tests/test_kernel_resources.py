@@ -73,3 +73,29 @@ def test_two_per_sm_config_compiles_wherever_the_autotuner_may_pick_it():
             only = types.SimpleNamespace(fn=kernel.fn, configs=capped)
             [(name, report)] = kernel_resources.resources(only, {**tiles, **flags}, 90)
             assert report.startswith("128 regs"), f"{kernel.fn.__name__} ({name}) at {block_p} x {nb}: {report}"
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles for the GPU; not under the interpreter")
+def test_dmattn_capped_configs_compile_wherever_the_autotuner_may_pick_them():
+    """DMAttn's forward and dq kernels offer a config capped at 128 registers, kept for half
+    tiles up to head dim 128 (at 256 ptxas refuses it). At head dim 128 it must compile in the
+    variants with the most live tiles: the windowed forward of a varlen batch, the dense forward
+    and the varlen dq kernel; and the pruning must drop it at 256 and for fp32 tiles."""
+    import importlib
+
+    fwd = importlib.import_module("wmzoo.kernels.dmattn.triton_fwd")
+    bwd = importlib.import_module("wmzoo.kernels.dmattn.triton_bwd")
+    for kernel in (fwd.fwd_kernel, bwd.bwd_q_kernel):
+        capped = [c for c in kernel.configs if c.maxnreg]
+        assert len(capped) == 1 and capped[0].maxnreg == 128
+        for block_d, ieee in ((256, False), (128, True)):
+            assert capped[0] not in fwd._capped_fits(kernel.configs, {}, BLOCK_D=block_d, IEEE=ieee)
+        assert capped[0] in fwd._capped_fits(kernel.configs, {}, BLOCK_D=128, IEEE=False)
+    cases = [(fwd.fwd_kernel, dict(VARLEN=True, EVEN=False, WINDOW=True)),
+             (fwd.fwd_kernel, dict(VARLEN=False, EVEN=True, WINDOW=False)),
+             (bwd.bwd_q_kernel, dict(VARLEN=True, EVEN=False, WINDOW=False))]
+    for kernel, flags in cases:
+        only = types.SimpleNamespace(fn=kernel.fn, configs=[c for c in kernel.configs if c.maxnreg])
+        const = dict(flags, BLOCK_M=128, BLOCK_D=128, UPCAST=False, IEEE=False)
+        [(name, report)] = kernel_resources.resources(only, const, 90)
+        assert report.startswith("128 regs"), f"{kernel.fn.__name__} ({name}, {flags}): {report}"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..register_caps import TWO_PER_SM_REGISTERS, keep_capped_where
 from ..registry import INTERPRET
 
 # The autotune key of the chunked kernels: tile shapes and modes, never lengths, batch, head or
@@ -37,23 +38,13 @@ def configs(warps_stages):
             for c in warps_stages]
 
 
-# An 8-warp config capped at 128 registers per thread: two programs then share an SM (at 255
-# registers one fills it), so the main shape's 256 (sequence, head) programs run in one wave
-# instead of two. They spill more (reverse sweep 3.8 KB vs 2.7 KB per thread, sm_90a); whether
-# that wins is the autotuner's call: on the H200 DMAttn's key-major backward runs fastest at a
-# spilling config that fits two programs per SM (docs/benchmarks/dmattn.md, run 6).
-TWO_PER_SM = (8, 1, 128)
-
-
-def two_per_sm_fits(configs, named_args, **kwargs):
-    """Autotune pruning: keep TWO_PER_SM only up to the main shape's state tile (p x n = 64 x
-    128). Larger tiles spill several times more under the cap, and at 128 x 256 ptxas refuses
-    to compile the forward in 128 registers (it asks for 158), an error the autotuner of every
-    Triton version need not skip."""
-    args = {**named_args, **kwargs}
-    if args["BLOCK_P"] * args["NB"] <= 64 * 128:
-        return configs
-    return [c for c in configs if not c.maxnreg]
+# An 8-warp config capped at 128 registers (kernels/register_caps.py): the main shape's 256
+# (sequence, head) programs then run in one wave instead of two. It spills more (reverse sweep
+# 3.8 KB vs 2.7 KB per thread, sm_90a); the autotuner decides by time. Kept up to the main
+# shape's 64 x 128 state tile: larger tiles spill several times more under the cap, and at
+# 128 x 256 ptxas cannot fit the forward in 128 registers.
+TWO_PER_SM = (8, 1, TWO_PER_SM_REGISTERS)
+two_per_sm_fits = keep_capped_where(lambda args: args["BLOCK_P"] * args["NB"] <= 64 * 128)
 
 
 # Codes of the DOT constexpr: how tl.dot multiplies (see `mm`).
