@@ -53,7 +53,8 @@ def test_ssd_kernels_have_a_config_that_fits_the_h200_at_the_largest_tiles():
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles for the GPU; not under the interpreter")
 def test_two_per_sm_config_compiles_wherever_the_autotuner_may_pick_it():
     """The register-capped config (128 per thread) is offered only up to a 64 x 128 state tile
-    (triton_common.two_per_sm_fits): at 128 x 256 ptxas refuses the forward in 128 registers,
+    and for half inputs (triton_common.two_per_sm_fits): at 128 x 256 ptxas refuses the forward
+    in 128 registers,
     which could stop autotuning with an error. At the largest tiles it is kept for (64 x 128
     and 128 x 64, RoPE on), the forward and the reverse sweep, the kernels with the most live
     tiles, must compile, and the pruning must drop it above."""
@@ -63,10 +64,11 @@ def test_two_per_sm_config_compiles_wherever_the_autotuner_may_pick_it():
 
     capped = [c for c in _ssd_fwd_kernel.configs if c.maxnreg]
     assert len(capped) == 1 and capped[0].maxnreg == 128
-    assert two_per_sm_fits(_ssd_fwd_kernel.configs, {}, BLOCK_P=128, NB=256) == \
-        [c for c in _ssd_fwd_kernel.configs if not c.maxnreg]
+    uncapped = [c for c in _ssd_fwd_kernel.configs if not c.maxnreg]
+    assert two_per_sm_fits(_ssd_fwd_kernel.configs, {}, BLOCK_P=128, NB=256, DOT=1) == uncapped
+    assert two_per_sm_fits(_ssd_fwd_kernel.configs, {}, BLOCK_P=64, NB=128, DOT=0) == uncapped  # fp32
     for block_p, nb in ((64, 128), (128, 64)):
-        assert capped[0] in two_per_sm_fits(_ssd_fwd_kernel.configs, {}, BLOCK_P=block_p, NB=nb)
+        assert capped[0] in two_per_sm_fits(_ssd_fwd_kernel.configs, {}, BLOCK_P=block_p, NB=nb, DOT=1)
         tiles = {"Q": 64, "BLOCK_P": block_p, "NB": nb, "DOT": 1, "HAS_CU": True, "ROPE": True}
         for kernel, flags in ((_ssd_fwd_kernel, {"HAS_D": True, "HAS_H0": True, "WRITE_FINAL": True}),
                               (_ssd_bwd_reverse_sweep, {"HAS_DFINAL": True, "HAS_D": True})):

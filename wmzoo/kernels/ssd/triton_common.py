@@ -41,10 +41,11 @@ def configs(warps_stages):
 # An 8-warp config capped at 128 registers (kernels/register_caps.py): the main shape's 256
 # (sequence, head) programs then run in one wave instead of two. It spills more (reverse sweep
 # 3.8 KB vs 2.7 KB per thread, sm_90a); the autotuner decides by time. Kept up to the main
-# shape's 64 x 128 state tile: larger tiles spill several times more under the cap, and at
-# 128 x 256 ptxas cannot fit the forward in 128 registers.
+# shape's 64 x 128 state tile and for half-precision inputs: larger or fp32 tiles spill several
+# times more under the cap (reverse sweep in fp32: 16 KB), and at 128 x 256 ptxas cannot fit the
+# forward in 128 registers.
 TWO_PER_SM = (8, 1, TWO_PER_SM_REGISTERS)
-two_per_sm_fits = keep_capped_where(lambda args: args["BLOCK_P"] * args["NB"] <= 64 * 128)
+two_per_sm_fits = keep_capped_where(lambda args: args["BLOCK_P"] * args["NB"] <= 64 * 128 and args["DOT"] != 0)
 
 
 # Codes of the DOT constexpr: how tl.dot multiplies (see `mm`).
