@@ -48,6 +48,13 @@ TWO_PER_SM = (8, 1, TWO_PER_SM_REGISTERS)
 two_per_sm_fits = keep_capped_where(lambda args: args["BLOCK_P"] * args["NB"] <= 64 * 128 and args["DOT"] != 0)
 
 
+def autotune_with_two_per_sm(warps_stages, key):
+    """``triton.autotune`` over ``configs(warps_stages)`` and TWO_PER_SM, with the pruning that
+    keeps TWO_PER_SM off the tiles where ptxas cannot compile it: the two always go together."""
+    return triton.autotune(configs=configs((*warps_stages, TWO_PER_SM)), key=key,
+                           prune_configs_by={"early_config_prune": two_per_sm_fits})
+
+
 # Codes of the DOT constexpr: how tl.dot multiplies (see `mm`).
 DOT_IEEE = 0  # fp32 inputs, or the CPU interpreter: exact fp32 products
 DOT_BF16 = 1  # bf16 inputs on the GPU: bf16 tensor cores, fp32 accumulation
