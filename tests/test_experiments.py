@@ -211,6 +211,20 @@ def test_mqar_seed_runs_another_draw_into_its_own_file(smoke_dir, tmp_path):
         main(["mqar", "--grid", "cpu-probe-v64-fan-in", "--out", str(out), "--seed", "1"])
 
 
+def test_mqar_eval_every_keeps_an_accuracy_curve_and_stops_once_solved(monkeypatch):
+    from dataclasses import replace
+
+    grid = replace(mqar.GRIDS["smoke"], steps=12, eval_every=4, kv_pairs=3)
+    scores = iter([0.25, 0.5, 0.75])  # never solved: the run goes the whole way
+    monkeypatch.setattr(mqar, "evaluate", lambda *a: next(scores))
+    r = mqar.train_run("attention", 24, 16, 3e-3, grid, torch.device("cpu"))
+    assert r["kv_pairs"] == 3 and r["steps"] == 12
+    assert r["accuracy_curve"] == [(4, 0.25), (8, 0.5), (12, 0.75)] and r["accuracy"] == 0.75
+    scores = iter([0.5, mqar.SOLVED, 0.0])  # solved at the second evaluation: stop there
+    r = mqar.train_run("attention", 24, 16, 3e-3, grid, torch.device("cpu"))
+    assert r["steps"] == 8 and r["accuracy_curve"][-2:] == [(8, mqar.SOLVED), (8, 0.0)]
+
+
 def test_mqar_rerun_trains_nothing_stored_and_refuses_another_protocol(smoke_dir, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a stored run was trained again")

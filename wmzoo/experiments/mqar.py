@@ -54,6 +54,14 @@ class Grid:
     # "fan_in": see TinyLM; with "cheems" (N(0, 0.02)) no mixer learned MQAR at these widths.
     init: str = "fan_in"
     notes: str = ""
+    # Key-value pairs per example; None: the spec's T/4 (up to 256), see MQARTask.
+    kv_pairs: int | None = None
+    # > 0: evaluate every this many steps, keep the accuracy curve, and stop a run as soon as it
+    # is solved (the step at which recall is learned is what a step budget is chosen from).
+    eval_every: int = 0
+
+    def task(self, seq_len: int) -> MQARTask:
+        return MQARTask(seq_len, vocab=self.vocab, kv_pairs=self.kv_pairs)
 
     def cells(self):
         return [(m, t, d) for t in self.seq_lens for d in self.widths for m in self.mixers]
@@ -89,6 +97,16 @@ GRIDS = {
     "cpu-probe-v64-fan-in-seed1": Grid(seq_lens=(64,), widths=(64,), lrs=(1e-3, 3e-3), steps=2000, batch=32,
                                        vocab=64, test_examples=256, seed=1,
                                        notes="CPU probe: as cpu-probe-v64-fan-in, seed 1"),
+    # Seconds on a CPU: exercises the whole pipeline, not the claim.
+    # How many steps does leaving the plateau take at vocabulary 8192? (2000 were too few for
+    # every mixer at lengths 256 and 2048.) One run per mixer, one per process (--shard i/4),
+    # stopped once solved; the accuracy curve says when each left the plateau.
+    "budget": Grid(seq_lens=(256,), widths=(256,), lrs=(1e-3,), steps=20000, test_examples=256, eval_every=1000,
+                   notes="step-budget probe: length 256, width 256, 20k steps, accuracy every 1000"),
+    # The same with Zoology's 16 pairs at length 256 instead of the spec's 64: is it the count?
+    "budget-16pairs": Grid(seq_lens=(256,), widths=(256,), mixers=("attention", "dmattn"), lrs=(1e-3,),
+                           steps=20000, test_examples=256, eval_every=1000, kv_pairs=16,
+                           notes="step-budget probe: as budget with 16 key-value pairs"),
     # Seconds on a CPU: exercises the whole pipeline, not the claim.
     "smoke": Grid(seq_lens=(24, 48), widths=(16, 32), lrs=(3e-3,), steps=3, batch=4, vocab=64,
                   test_examples=8, notes="pipeline check only"),
@@ -147,7 +165,7 @@ def evaluate(model: TinyLM, task: MQARTask, grid: Grid, device) -> float:
 def train_run(mixer: str, seq_len: int, width: int, lr: float, grid: Grid, device, log=None) -> dict:
     """One run of the sweep; ``log`` (if given) gets a progress line at each loss-curve point, so
     a run killed by a time limit still shows how far it got and whether it was learning."""
-    task = MQARTask(seq_len, vocab=grid.vocab)
+    task = grid.task(seq_len)
     torch.manual_seed(grid.seed)
     model = build_model(mixer, width, grid).to(device)
     opt = make_optimizer(model, lr)
@@ -155,6 +173,7 @@ def train_run(mixer: str, seq_len: int, width: int, lr: float, grid: Grid, devic
     gen = torch.Generator(device=device).manual_seed(grid.seed + 1)
     start = time.perf_counter()
     curve = []  # (step, loss) at ~20 points: enough to see whether and when recall was learned
+    accuracy_curve = []  # (step, accuracy) every grid.eval_every steps
     every = max(1, grid.steps // 20)
     for step in range(grid.steps):
         batch = mqar_batch(task, grid.batch, gen, device)
@@ -171,14 +190,25 @@ def train_run(mixer: str, seq_len: int, width: int, lr: float, grid: Grid, devic
             if log is not None:
                 log(f"mqar {run_key(mixer, seq_len, width, lr)}: step {step + 1}/{grid.steps} "
                     f"loss {curve[-1][1]:.3f} ({time.perf_counter() - start:.0f} s)")
+        if grid.eval_every and (step + 1) % grid.eval_every == 0 and step + 1 < grid.steps:
+            accuracy_curve.append((step + 1, evaluate(model, task, grid, device)))
+            if log is not None:
+                log(f"mqar {run_key(mixer, seq_len, width, lr)}: step {step + 1} accuracy "
+                    f"{accuracy_curve[-1][1]:.3f} ({time.perf_counter() - start:.0f} s)")
+            if accuracy_curve[-1][1] >= SOLVED:
+                break
     final_loss = float(loss.detach())
     train_seconds = time.perf_counter() - start
-    return {
+    accuracy = evaluate(model, task, grid, device)
+    record = {
         "mixer": mixer, "seq_len": seq_len, "d_model": width, "lr": lr,
-        "kv_pairs": task.pairs, "accuracy": evaluate(model, task, grid, device),
+        "kv_pairs": task.pairs, "accuracy": accuracy,
         "final_loss": final_loss, "train_seconds": round(train_seconds, 2),
-        "params": count_params(model), "steps": grid.steps, "batch": grid.batch, "loss_curve": curve,
+        "params": count_params(model), "steps": step + 1, "batch": grid.batch, "loss_curve": curve,
     }
+    if grid.eval_every:
+        record["accuracy_curve"] = accuracy_curve + [(step + 1, accuracy)]
+    return record
 
 
 def pending_runs(grid: Grid, store: ResultStore, shard: tuple[int, int] = (0, 1)):
@@ -201,7 +231,7 @@ def run_grid(grid: Grid, store: ResultStore, device=None, shard=(0, 1), max_minu
     device = pick_device(device)
     store.start(asdict(grid), axes=("seq_lens", "widths", "mixers", "lrs", "notes"), experiment="mqar",
                 hardware=hardware(), command=command,
-                kv_pairs={t: MQARTask(t, vocab=grid.vocab).pairs for t in grid.seq_lens})
+                kv_pairs={t: grid.task(t).pairs for t in grid.seq_lens})
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     for m, t, d, lr in pending_runs(grid, store, shard):
         if deadline is not None and time.monotonic() > deadline:
