@@ -18,7 +18,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..register_caps import TWO_PER_SM_REGISTERS
 from ..registry import INTERPRET
 from .triton_fwd import _tuned, block_bounds, load_full_rows, load_rows
 from .triton_select import ranks_above
@@ -258,7 +257,6 @@ bwd_kv_kernel_varlen = triton.autotune(
     key=["D", "G", "VARLEN"])(_bwd_kv_kernel)
 KV_VARLEN_BLOCK_N = _KV_CONFIGS[0][0]
 # dq without a window; with one, the kernel adds dk, dv, dbias with atomics and must run once
-bwd_q_kernel = _tuned(_bwd_q_kernel, [(32, 4, 1)] if INTERPRET else [(32, 4, 3), (64, 8, 2), (32, 8, 3), (64, 4, 2),
-                                                                      (64, 8, 2, TWO_PER_SM_REGISTERS)],
+bwd_q_kernel = _tuned(_bwd_q_kernel, [(32, 4, 1)] if INTERPRET else [(32, 4, 3), (64, 8, 2), (32, 8, 3), (64, 4, 2)],
                       key=["D", "G", "VARLEN", "BLOCK_M"])
 BWD_Q_WINDOW_CONFIG = dict(BLOCK_N=32, num_warps=4, num_stages=1) if INTERPRET else dict(BLOCK_N=64, num_warps=8, num_stages=2)

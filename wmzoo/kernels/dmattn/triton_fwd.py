@@ -16,7 +16,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..register_caps import TWO_PER_SM_REGISTERS, keep_capped_where
 from ..registry import INTERPRET
 from .triton_select import ranks_above
 
@@ -174,24 +173,14 @@ def _fwd_kernel(
     tl.store(lse_ptr + bi64 * s_lb + hq * s_lh + offs_m, lse, mask=row_ok)
 
 
-# Register-capped configs (register_caps.py) are kept for half-precision tiles up to head dim
-# 128: at 256, or with fp32 tiles, ptxas cannot fit the kernels in 128 registers.
-_capped_fits = keep_capped_where(lambda args: args["BLOCK_D"] <= 128 and not args["IEEE"])
-
-
 def _tuned(kernel, configs: list[tuple[int, ...]], key: list[str]):
-    """Autotune over (BLOCK_N, num_warps, num_stages[, maxnreg]); the interpreter takes the
-    first only."""
+    """Autotune over (BLOCK_N, num_warps, num_stages); the interpreter takes the first only."""
     if INTERPRET:
         configs = configs[:1]
     return triton.autotune(
-        [triton.Config({"BLOCK_N": c[0]}, num_warps=c[1], num_stages=c[2], maxnreg=c[3] if len(c) > 3 else None)
-         for c in configs],
-        key=key, prune_configs_by={"early_config_prune": _capped_fits},
-    )(kernel)
+        [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s) for n, w, s in configs], key=key)(kernel)
 
 
 # BLOCK_M is fixed by the caller (the query-block layout and the window lists depend on it)
-fwd_kernel = _tuned(_fwd_kernel, [(32, 4, 1)] if INTERPRET else [(64, 8, 3), (128, 8, 3), (64, 4, 3), (128, 8, 2),
-                                                                 (64, 8, 3, TWO_PER_SM_REGISTERS)],
+fwd_kernel = _tuned(_fwd_kernel, [(32, 4, 1)] if INTERPRET else [(64, 8, 3), (128, 8, 3), (64, 4, 3), (128, 8, 2)],
                     key=["D", "G", "WINDOW", "VARLEN", "BLOCK_M"])

@@ -35,8 +35,8 @@ import triton.language as tl
 
 from .triton_common import (
     TILE_KEY,
-    autotune_with_two_per_sm,
     chunk_decays,
+    configs,
     load_cols,
     load_rotated,
     load_state,
@@ -63,7 +63,7 @@ def rotated_operands(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HA
     return b, c
 
 
-@autotune_with_two_per_sm(((4, 1), (8, 1), (8, 2)), key=TILE_KEY)
+@triton.autotune(configs=configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
 @triton.jit
 def _ssd_bwd_forward_sweep(
     dy_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
@@ -109,7 +109,7 @@ def _ssd_bwd_forward_sweep(
     tl.store(dff_ptr + k * H + head, tl.sum(tl.sum(f * s, axis=1), axis=0))
 
 
-@autotune_with_two_per_sm(((4, 1), (8, 1), (8, 2)), key=TILE_KEY)
+@triton.autotune(configs=configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
 @triton.jit
 def _ssd_bwd_reverse_sweep(
     dy_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, cu_ptr, cos_ptr, sin_ptr,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..register_caps import TWO_PER_SM_REGISTERS, keep_capped_where
 from ..registry import INTERPRET
 
 # The autotune key of the chunked kernels: tile shapes and modes, never lengths, batch, head or
@@ -30,29 +29,10 @@ TILE_KEY = ["P", "N", "Q", "BLOCK_P", "NB", "ROPE", "DOT"]
 
 
 def configs(warps_stages):
-    """Autotune configs from (num_warps, num_stages[, maxnreg]) tuples; the interpreter takes
-    exactly one."""
+    """Autotune configs from (num_warps, num_stages) pairs; the interpreter takes exactly one."""
     if INTERPRET:
         return [triton.Config({}, num_warps=4, num_stages=1)]
-    return [triton.Config({}, num_warps=c[0], num_stages=c[1], maxnreg=c[2] if len(c) > 2 else None)
-            for c in warps_stages]
-
-
-# An 8-warp config capped at 128 registers (kernels/register_caps.py): the main shape's 256
-# (sequence, head) programs then run in one wave instead of two. It spills more (reverse sweep
-# 3.8 KB vs 2.7 KB per thread, sm_90a); the autotuner decides by time. Kept up to the main
-# shape's 64 x 128 state tile and for half-precision inputs: larger or fp32 tiles spill several
-# times more under the cap (reverse sweep in fp32: 16 KB), and at 128 x 256 ptxas cannot fit the
-# forward in 128 registers.
-TWO_PER_SM = (8, 1, TWO_PER_SM_REGISTERS)
-two_per_sm_fits = keep_capped_where(lambda args: args["BLOCK_P"] * args["NB"] <= 64 * 128 and args["DOT"] != 0)
-
-
-def autotune_with_two_per_sm(warps_stages, key):
-    """``triton.autotune`` over ``configs(warps_stages)`` and TWO_PER_SM, with the pruning that
-    keeps TWO_PER_SM off the tiles where ptxas cannot compile it: the two always go together."""
-    return triton.autotune(configs=configs((*warps_stages, TWO_PER_SM)), key=key,
-                           prune_configs_by={"early_config_prune": two_per_sm_fits})
+    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in warps_stages]
 
 
 # Codes of the DOT constexpr: how tl.dot multiplies (see `mm`).

@@ -19,8 +19,8 @@ import triton.language as tl
 
 from .triton_common import (
     TILE_KEY,
-    autotune_with_two_per_sm,
     chunk_decays,
+    configs,
     load_cols,
     load_rotated,
     load_state,
@@ -33,7 +33,7 @@ from .triton_common import (
 # A one-stage config: the autotuner drops configs whose pipelined loads do not fit in shared
 # memory but needs one that does (an earlier RoPE load form needed 270 KB at two stages at n 128,
 # over the H200's 227 KB, and every config failed; n goes up to 256).
-@autotune_with_two_per_sm(((4, 1), (4, 2), (8, 2), (4, 3)), key=TILE_KEY + ["WRITE_FINAL"])
+@triton.autotune(configs=configs(((4, 1), (4, 2), (8, 2), (4, 3))), key=TILE_KEY + ["WRITE_FINAL"])
 @triton.jit
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
