@@ -225,6 +225,25 @@ def test_mqar_eval_every_keeps_an_accuracy_curve_and_stops_once_solved(monkeypat
     assert r["steps"] == 8 and r["accuracy_curve"][-2:] == [(8, mqar.SOLVED), (8, 0.0)]
 
 
+def test_mqar_run_past_its_deadline_stops_says_so_and_is_run_again(monkeypatch):
+    """A run cut by the time limit keeps what it learned so far (steps run, curve, accuracy)
+    and is marked; a grid rerun treats it as pending, so a cut run never stands for the cell."""
+    from dataclasses import replace
+
+    grid = replace(mqar.GRIDS["smoke"], steps=12, eval_every=4, kv_pairs=3)
+    clock = iter(range(100))  # time.monotonic() advances by one "second" per call
+    monkeypatch.setattr(mqar.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(mqar, "evaluate", lambda *a: 0.5)
+    r = mqar.train_run("attention", 24, 16, 3e-3, grid, torch.device("cpu"), deadline=5)
+    assert r["cut_by_time_limit"] and 0 < r["steps"] < 12 and r["accuracy_curve"][-1] == (r["steps"], 0.5)
+
+    class Store:
+        def records(self):
+            return {mqar.run_key("attention", 24, 16, 3e-3): r}
+
+    assert ("attention", 24, 16, 3e-3) in mqar.pending_runs(replace(grid, seq_lens=(24,), widths=(16,)), Store())
+
+
 def test_mqar_rerun_trains_nothing_stored_and_refuses_another_protocol(smoke_dir, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a stored run was trained again")

@@ -104,7 +104,7 @@ GRIDS = {
     "budget": Grid(seq_lens=(256,), widths=(256,), lrs=(1e-3,), steps=20000, test_examples=256, eval_every=1000,
                    notes="step-budget probe: length 256, width 256, 20k steps, accuracy every 1000"),
     # The same with Zoology's 16 pairs at length 256 instead of the spec's 64: is it the count?
-    "budget-16pairs": Grid(seq_lens=(256,), widths=(256,), mixers=("attention", "dmattn"), lrs=(1e-3,),
+    "budget-16pairs": Grid(seq_lens=(256,), widths=(256,), lrs=(1e-3,),
                            steps=20000, test_examples=256, eval_every=1000, kv_pairs=16,
                            notes="step-budget probe: as budget with 16 key-value pairs"),
     # Seconds on a CPU: exercises the whole pipeline, not the claim.
@@ -162,9 +162,12 @@ def evaluate(model: TinyLM, task: MQARTask, grid: Grid, device) -> float:
     return float(correct) / total
 
 
-def train_run(mixer: str, seq_len: int, width: int, lr: float, grid: Grid, device, log=None) -> dict:
+def train_run(mixer: str, seq_len: int, width: int, lr: float, grid: Grid, device, log=None,
+              deadline: float | None = None) -> dict:
     """One run of the sweep; ``log`` (if given) gets a progress line at each loss-curve point, so
-    a run killed by a time limit still shows how far it got and whether it was learning."""
+    a run killed by a time limit still shows how far it got and whether it was learning. Past
+    ``deadline`` (time.monotonic()) the run stops early, is evaluated and says so
+    (``cut_by_time_limit``): a budget probe keeps its curve instead of losing the whole run."""
     task = grid.task(seq_len)
     torch.manual_seed(grid.seed)
     model = build_model(mixer, width, grid).to(device)
@@ -175,7 +178,11 @@ def train_run(mixer: str, seq_len: int, width: int, lr: float, grid: Grid, devic
     curve = []  # (step, loss) at ~20 points: enough to see whether and when recall was learned
     accuracy_curve = []  # (step, accuracy) every grid.eval_every steps
     every = max(1, grid.steps // 20)
+    cut = False
     for step in range(grid.steps):
+        if step and deadline is not None and time.monotonic() > deadline:
+            cut, step = True, step - 1  # `step` stays the last step run
+            break
         batch = mqar_batch(task, grid.batch, gen, device)
         with autocast(device):
             logits = answer_logits(model, batch)
@@ -208,6 +215,8 @@ def train_run(mixer: str, seq_len: int, width: int, lr: float, grid: Grid, devic
     }
     if grid.eval_every:
         record["accuracy_curve"] = accuracy_curve + [(step + 1, accuracy)]
+    if cut:
+        record["cut_by_time_limit"] = True
     return record
 
 
@@ -220,6 +229,9 @@ def pending_runs(grid: Grid, store: ResultStore, shard: tuple[int, int] = (0, 1)
         if i % count != index:
             continue
         cell = [done.get(run_key(m, t, d, lr)) for lr in grid.lrs]
+        # a run cut by a time limit short of solving its cell is run again, whole
+        cell = [None if r is not None and r.get("cut_by_time_limit") and r["accuracy"] < SOLVED else r
+                for r in cell]
         if any(r is not None and r["accuracy"] >= SOLVED for r in cell):
             continue
         todo += [(m, t, d, lr) for lr, r in zip(grid.lrs, cell) if r is None]
@@ -240,7 +252,7 @@ def run_grid(grid: Grid, store: ResultStore, device=None, shard=(0, 1), max_minu
         if any(r["accuracy"] >= SOLVED for r in cell_runs(store.records(), m, t, d)):
             continue  # an earlier learning rate of this cell solved it
         try:
-            record = train_run(m, t, d, lr, grid, device, log=log)
+            record = train_run(m, t, d, lr, grid, device, log=log, deadline=deadline)
         except Exception as e:  # one broken cell must not cost the rest of the grid
             store.put_error(run_key(m, t, d, lr), e)
             log(f"mqar {run_key(m, t, d, lr)}: FAILED: {type(e).__name__}: {e}")
@@ -278,7 +290,8 @@ def markdown_table(records: dict) -> str:
         cells = []
         for d in widths:
             r = best.get((m, t, d))
-            cells.append("" if r is None else f"{r['accuracy']:.3f} (lr {r['lr']:g})")
+            cut = f", cut at step {r['steps']}" if r is not None and r.get("cut_by_time_limit") else ""
+            cells.append("" if r is None else f"{r['accuracy']:.3f} (lr {r['lr']:g}{cut})")
         pairs = next(r["kv_pairs"] for (mm, tt, _), r in best.items() if (mm, tt) == (m, t))
         lines.append(f"| {t} | {pairs} | {MIXER_LABELS.get(m, m)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
