@@ -1,7 +1,7 @@
 """The DMAttn ops as torch.library ops: dispatch, fakes, autograd, and the checked public entry.
 
-``wmzoo::dmattn_fwd`` and ``wmzoo::dmattn_bwd`` are each their own registered op, so
-torch.compile sees opaque ops in both directions (on CUDA too, for now: see ``_bwd_op``).
+``wmzoo::dmattn_fwd`` and ``wmzoo::dmattn_bwd`` are each their own registered op: the forward a
+triton_op on CUDA (traced by Inductor), the backward opaque everywhere (see ``_bwd_op``).
 Bodies dispatch through ``registry.triton_or_reference``: the Triton backend where it can run
 and accepts the input, else the reference. The reference backward is written out in
 reference.py (explicit, so it needs no autograd inside the op body).
@@ -69,7 +69,7 @@ def _fwd_fake(q, k, v, bias, cu_seqlens, keep_window, scale):
     return q.new_empty(b, t, h, d), q.new_empty(b, h, t, dtype=torch.float32), *(lists or _no_window_lists(q))
 
 
-_fwd_op = register_op("dmattn_fwd", _fwd_body, fake=_fwd_fake, opaque=True)  # why: at dmattn_bwd
+_fwd_op = register_op("dmattn_fwd", _fwd_body, fake=_fwd_fake)
 
 
 def _bwd_body(
@@ -91,11 +91,13 @@ def _bwd_fake(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, kee
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), bias.new_empty(bias.shape)
 
 
-# Opaque on CUDA too: traced by Inductor as a triton_op, the compiled backward came out wrong on
-# the H200 (dq 1.09 relative to eager, test_gpu_compile_fullgraph_dynamic_matches_eager; cause not
-# isolated, docs/benchmarks/dmattn.md run 3) while eager was right. As opaque ops Inductor runs
-# the eager bodies, so compiled == eager by construction; the kernels are large, so little fusion
-# is lost. Back to triton_op once the traced path is fixed and that GPU test passes.
+# The forward is a triton_op on CUDA (Inductor traces its body, the block tables' torch ops
+# included: wrong on the GPU until the tables stopped searching a sliced tensor, see
+# kernels/varlen.bucket_of). The backward stays opaque on CUDA: traced, the windowed backward
+# (whose dq kernel adds into dk, dv, dbias with atomics) crashes Inductor's
+# decompose_triton_kernel_wrapper_functional pass (an assertion in replace_by_example, torch
+# 2.11), while the one without a window compiles and matches eager (docs/benchmarks/dmattn.md
+# run 8). Opaque, Inductor calls the eager body, which is right by construction.
 _bwd_op = register_op("dmattn_bwd", _bwd_body, fake=_bwd_fake, opaque=True)
 
 

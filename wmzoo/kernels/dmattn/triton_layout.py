@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from ..varlen import bucket_of
+
 
 @dataclass
 class BlockLayout:
@@ -39,7 +41,7 @@ def block_layout(t: int, cu_seqlens: torch.Tensor | None, block_m: int, device) 
     per_seq = torch.div(lens + (block_m - 1), block_m, rounding_mode="floor")
     blk_start = torch.cat([per_seq.new_zeros(1), torch.cumsum(per_seq, 0, dtype=torch.int32)])
     blk = torch.arange(n_blocks, device=device, dtype=torch.int32)
-    seq = torch.searchsorted(blk_start[1:].contiguous(), blk, right=True)
+    seq = bucket_of(blk_start, blk)  # num_seqs for the surplus blocks
     real = seq < num_seqs
     seq = seq.clamp(max=num_seqs - 1)
     start = cu[seq]
