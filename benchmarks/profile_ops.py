@@ -98,17 +98,11 @@ def dmattn_cases(device: torch.device, tiny: bool):
 
 def chosen_configs() -> None:
     """The config each autotuned kernel settled on, per autotune key (what the profile ran)."""
-    import importlib
-
-    from triton.runtime.autotuner import Autotuner
+    from wmzoo.kernels.autotune_choices import autotune_choices
 
     print("\n== autotune choices")
-    for name in ("ssd.triton_fwd", "ssd.triton_bwd", "ssd.triton_segments", "dmattn.triton_fwd", "dmattn.triton_bwd"):
-        module = importlib.import_module(f"wmzoo.kernels.{name}")
-        for attr, obj in vars(module).items():
-            if isinstance(obj, Autotuner) and obj.cache:
-                for key, cfg in obj.cache.items():
-                    print(f"{name}.{attr} {key}: {cfg}")
+    for kernel_key, cfg in autotune_choices().items():
+        print(f"{kernel_key}: {cfg}")
 
 
 def main() -> None:

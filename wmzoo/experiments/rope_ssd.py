@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..blocks import MLP, SSD, Attention
+from ..kernels.autotune_choices import autotune_choices
 from .model import TinyLM, autocast, count_params, make_optimizer, warmup_cosine
 from .results import ResultStore, hardware, pick_device
 from .text_data import (
@@ -115,8 +116,12 @@ def train_run(arm: str, seed: int, cfg: Ablation, train_tokens, held_tokens, dev
     eval_batch = max(1, cfg.batch * cfg.train_len // max(cfg.eval_lens))
     ppl = {str(n): perplexity(model, eval_windows(held_tokens, n, cfg.eval_tokens), eval_batch, device)
            for n in cfg.eval_lens}
-    return {"arm": arm, "seed": seed, "perplexity": ppl, "final_train_loss": float(loss.detach()),
-            "train_seconds": round(train_seconds, 2), "params": count_params(model)}
+    record = {"arm": arm, "seed": seed, "perplexity": ppl, "final_train_loss": float(loss.detach()),
+              "train_seconds": round(train_seconds, 2), "params": count_params(model)}
+    tuned = autotune_choices()
+    if tuned:  # the tiles the kernels ran with (mqar.train_run says why)
+        record["autotune"] = tuned
+    return record
 
 
 def run_ablation(cfg: Ablation, store: ResultStore, data=None, device=None, arms=ARMS, seeds=None,
