@@ -138,7 +138,10 @@ def _ssd_bwd_reverse_sweep(
     da_carry = tl.load(dff_ptr + k * H + head)
     dA_acc = 0.0
     dD_acc = 0.0
-    causal = steps[:, None] >= steps[None, :]
+    # Every [s, t] matrix below is computed in that orientation (operands swapped) rather than
+    # transposed from a [t, s] product: a transposed dot result costs a layout conversion
+    # through shared memory and a CTA barrier per chunk step.
+    causal_t = steps[:, None] <= steps[None, :]  # [s, t]: t >= s
 
     for i in range(0, c1 - c0):
         rows = start + (c1 - 1 - i) * Q + steps
@@ -146,21 +149,21 @@ def _ssd_bwd_reverse_sweep(
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
-        decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))  # [t, s]
+        decay_t = tl.exp(tl.where(causal_t, lam[None, :] - lam[:, None], float("-inf")))  # [s, t]
         to_end = tl.exp(lam_end - lam)[:, None]
         dt_to_end = dt[:, None] * to_end  # xd dS = dt (x dS): x is exact in the half type
-        dyxd_t = tl.trans(mm(dy, tl.trans(x), DOT) * (dt[None, :] * decay))  # [s, t]
+        dyxd_t = mm(x, tl.trans(dy), DOT) * (dt[:, None] * decay_t)  # [s, t] = (dy_t . xd_s) decay
         b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
-        scores = mm(c_t, tl.trans(b), DOT)
+        scores_t = mm(b, tl.trans(c_t), DOT)  # [s, t] = B~_s . C~_t
         from_state = mm(b, tl.trans(ds), DOT)  # dS B~_s, for dxd
         sb = dt_to_end * mm_split_b(x, ds, DOT)
         b_db = tl.sum(b * sb, axis=1)
         store_cols(dBh, H * N, rows, row_mask, 0, N, mm(dyxd_t, c_t, DOT) + sb, NB)
-        dxd = mm(tl.trans(scores * decay), dy, DOT) + to_end * from_state
+        dxd = mm(scores_t * decay_t, dy, DOT) + to_end * from_state
 
         # In-chunk part of dL/dG from W[t, s] = (dy_t . xd_s)(C~_t . B~_s) decay_ts, all fp32:
         # row sums minus column sums of the same matrix, so its pairs cancel exactly.
-        w_t = dyxd_t * tl.trans(scores)  # W^T [s, t]
+        w_t = dyxd_t * scores_t  # W^T [s, t]
         dG = tl.load(cdc_ptr + rows * H + head, mask=row_mask, other=0.0) - b_db
         dG += tl.sum(w_t, axis=0) - tl.sum(w_t, axis=1)
         da = da_carry + tl.cumsum(dG, axis=0, reverse=True)
