@@ -90,6 +90,13 @@ def resources(autotuned, const: dict, arch: int) -> list[tuple[str, str]]:
         report = (f"{regs.group(1) if regs else '?'} regs, spills {spill.group(1)} / {spill.group(2)} B"
                   if spill else out.strip()[-200:])
         report += f", shared {shared / 1024:.0f} KB" + (" (over the H200's limit)" if shared > H200_SHARED else "")
+        # Static counts (a loop body counts once): layout conversions in the TTGIR and CTA
+        # barriers in the PTX, since run 10's profile showed barrier stalls second only to
+        # loads. Not a speed proxy by themselves: run 11's faster reverse sweep has 19
+        # conversions against 17 and 68 barriers against 70; its spills fell by a quarter.
+        conversions = len(re.findall(r"ttg\.convert_layout", kernel.asm["ttgir"]))
+        barriers = len(re.findall(r"\bbar(?:rier)?\.sync", kernel.asm["ptx"]))
+        report += f", {conversions} layout conversions, {barriers} barriers"
         rows.append((name, report))
     return rows
 
