@@ -96,8 +96,8 @@ def _bwd_fake(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, kee
 # kernels/varlen.bucket_of). The backward stays opaque on CUDA: traced, the windowed backward
 # (whose dq kernel adds into dk, dv, dbias with atomics) crashes Inductor's
 # decompose_triton_kernel_wrapper_functional pass (an assertion in replace_by_example, torch
-# 2.11), while the one without a window compiles and matches eager (docs/benchmarks/dmattn.md
-# run 8). Opaque, Inductor calls the eager body, which is right by construction.
+# 2.11; likely pytorch/pytorch#181735, not confirmed), while the one without a window compiles
+# and matches eager (docs/benchmarks/dmattn.md run 8). Opaque, Inductor calls the eager body, which is right by construction.
 _bwd_op = register_op("dmattn_bwd", _bwd_body, fake=_bwd_fake, opaque=True)
 
 
