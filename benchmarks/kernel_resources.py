@@ -72,8 +72,6 @@ def resources(autotuned, const: dict, arch: int) -> list[tuple[str, str]]:
         full = {**const, **cfg.kwargs}
         src = ASTSource(fn, signature(fn, full), constexprs={(fn.arg_names.index(k),): v for k, v in full.items()})
         options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-        if getattr(cfg, "maxnreg", None):
-            options["maxnreg"] = cfg.maxnreg  # emitted into the PTX as .maxnreg
         kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
         with tempfile.TemporaryDirectory() as tmp:
             ptx = os.path.join(tmp, "k.ptx")
@@ -85,8 +83,6 @@ def resources(autotuned, const: dict, arch: int) -> list[tuple[str, str]]:
         spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out)
         shared = kernel.metadata.shared
         name = f"{cfg.kwargs or ''} warps {cfg.num_warps} stages {cfg.num_stages}".strip()
-        if getattr(cfg, "maxnreg", None):
-            name += f" maxnreg {cfg.maxnreg}"
         report = (f"{regs.group(1) if regs else '?'} regs, spills {spill.group(1)} / {spill.group(2)} B"
                   if spill else out.strip()[-200:])
         report += f", shared {shared / 1024:.0f} KB" + (" (over the H200's limit)" if shared > H200_SHARED else "")

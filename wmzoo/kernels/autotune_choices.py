@@ -20,10 +20,7 @@ def autotune_choices() -> dict[str, str]:
         return {}
     choices = {}
     for name in _MODULES:
-        try:
-            module = importlib.import_module(f"wmzoo.kernels.{name}")
-        except ImportError:
-            continue
+        module = importlib.import_module(f"wmzoo.kernels.{name}")
         for attr, obj in vars(module).items():
             if isinstance(obj, Autotuner):
                 for key, cfg in obj.cache.items():

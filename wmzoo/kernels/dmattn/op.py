@@ -97,7 +97,8 @@ def _bwd_fake(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, kee
 # (whose dq kernel adds into dk, dv, dbias with atomics) crashes Inductor's
 # decompose_triton_kernel_wrapper_functional pass (an assertion in replace_by_example, torch
 # 2.11; likely pytorch/pytorch#181735, not confirmed), while the one without a window compiles
-# and matches eager (docs/benchmarks/dmattn.md run 8). Opaque, Inductor calls the eager body, which is right by construction.
+# and matches eager (docs/benchmarks/dmattn.md run 8). Opaque, Inductor calls the eager body,
+# which is right by construction.
 _bwd_op = register_op("dmattn_bwd", _bwd_body, fake=_bwd_fake, opaque=True)
 
 
