@@ -61,3 +61,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(no_interp)
         elif INTERPRET and "interpret" not in item.keywords:
             item.add_marker(only_interp)
+
+
+@pytest.fixture
+def deterministic():
+    """torch.use_deterministic_algorithms(True) for one test, restored after it."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])

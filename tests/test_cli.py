@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from lm_helpers import one_thread  # noqa: F401 (autouse fixture)
 from wmzoo.cli import main
@@ -58,6 +59,14 @@ def test_train_saves_a_checkpoint_and_reports(checkpoint, capsys):
                        data_of(checkpoint), "--out", str(checkpoint), "--resume", "--no-progress", "--sample-tokens", "8")
     assert code == 0
     assert "trained steps 3..5" in out and "held-out loss" in out and "perplexity" in out and "sample (prompt 'def '" in out
+
+
+def test_train_deterministic_is_recorded_and_scoped_to_the_run(data, capsys, tmp_path):
+    code, _, _ = run(capsys, "train", "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--data", str(data),
+                     "--out", str(tmp_path / "det"), "--no-progress", "--sample-tokens", "4", "--deterministic")
+    assert code == 0
+    assert json.loads((tmp_path / "det" / "config.json").read_text())["settings"]["deterministic"] is True
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def data_of(checkpoint) -> str:

@@ -192,6 +192,8 @@ def test_mqar_smoke_writes_every_run_its_table_and_figure(smoke_dir):
     assert set(data["records"]) == {mqar.run_key(m, t, d, lr) for m, t, d in grid.cells() for lr in grid.lrs}
     for r in data["records"].values():
         assert 0.0 <= r["accuracy"] <= 1.0 and r["steps"] == grid.steps and r["loss_curve"]
+        assert r["deterministic"] is True  # the default: runs of one seed repeat
+    assert not torch.are_deterministic_algorithms_enabled()  # switched on for the runs only
     assert [c.split(" --shard ")[-1].split()[0] for c in data["meta"]["commands"]] == ["0/2", "1/2"]
     assert (smoke_dir / "mqar-smoke.png").stat().st_size > 0
     table = (smoke_dir / "mqar-smoke.md").read_text()

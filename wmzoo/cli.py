@@ -76,6 +76,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--save-every", type=int, default=0, help="also save every N steps (0: only at the end)")
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--deterministic", action="store_true",
+                   help="repeatable runs: torch's deterministic mode, every kernel pinned to one config (may be slower)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of the sample printed at the end")
     t.add_argument("--sample-tokens", type=int, default=200, help="length of that sample")
@@ -111,6 +113,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> None:
+    from .kernels.autotune import deterministic_mode
+
+    with deterministic_mode(args.deterministic):
+        _train(args)
+
+
+def _train(args) -> None:
     from .checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
     from .data import PackedBatches, prepare_data
     from .evaluate import mean_loss
@@ -130,7 +139,7 @@ def cmd_train(args) -> None:
     tokenizer, train_tokens, val_tokens = prepare_data(args.data, args.tokenizer, args.vocab_size,
                                                        args.val_fraction, min_val)
     settings = {"data": args.data, "tokenizer": args.tokenizer, "val_fraction": args.val_fraction,
-                "min_val": min_val, "train": dataclasses.asdict(config)}
+                "min_val": min_val, "train": dataclasses.asdict(config), "deterministic": args.deterministic}
     if args.resume:
         model, _, tokenizer, saved = load_checkpoint(out, expect=recipe)
         if saved["settings"]["data"] != args.data or saved["settings"]["tokenizer"] != args.tokenizer:

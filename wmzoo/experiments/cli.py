@@ -10,6 +10,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ..kernels.autotune import deterministic_mode
+
 RESULTS_DIR = Path("docs/experiments")
 SMOKE_DIR = Path("runs/experiments")  # smoke runs never overwrite the documented results
 
@@ -59,6 +61,9 @@ def _common(p) -> None:
     p.add_argument("--out", type=Path, help=f"result folder (default {RESULTS_DIR}; smoke: {SMOKE_DIR})")
     p.add_argument("--device", help="torch device (default: cuda if present, else cpu)")
     p.add_argument("--max-minutes", type=float, help="start no new run after this many minutes")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch's deterministic mode, every kernel pinned to one config, so that a "
+                        "run repeats (default on; each record says which)")
 
 
 def _out_dir(args, name: str) -> Path:
@@ -90,8 +95,9 @@ def cmd_mqar(args) -> None:
         raise SystemExit(f"--shard: expected 'i/n' with 0 <= i < n, got {args.shard!r}")
     out = _out_dir(args, args.grid)
     store = ResultStore(out / f"mqar-{name}.json")
-    mqar.run_grid(grid, store, device=args.device, shard=(index, count), max_minutes=args.max_minutes,
-                   command=_command(args))
+    with deterministic_mode(args.deterministic):
+        mqar.run_grid(grid, store, device=args.device, shard=(index, count), max_minutes=args.max_minutes,
+                      command=_command(args))
     print(mqar.write_outputs(store.path))
 
 
@@ -114,8 +120,9 @@ def cmd_rope_ssd(args) -> None:
         raise SystemExit(f"--arms: expected a comma-separated subset of {','.join(rope_ssd.ARMS)}, got {args.arms!r}")
     out = _out_dir(args, args.config)
     store = ResultStore(out / f"rope_ssd-{args.config}.json")
-    rope_ssd.run_ablation(cfg, store, data=args.data, device=args.device, arms=arms, seeds=seeds,
-                          max_minutes=args.max_minutes, command=_command(args))
+    with deterministic_mode(args.deterministic):
+        rope_ssd.run_ablation(cfg, store, data=args.data, device=args.device, arms=arms, seeds=seeds,
+                              max_minutes=args.max_minutes, command=_command(args))
     print(rope_ssd.write_outputs(store.path))
 
 

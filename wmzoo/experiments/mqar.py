@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..blocks import MLP, SSD, Attention, DMAttn
-from ..kernels.autotune_choices import autotune_choices
+from ..kernels.autotune import kernel_record
 from ..specs import BlockSpec
 from .linear_attention import LinearAttention
 from .model import TinyLM, autocast, count_params, make_optimizer, warmup_cosine
@@ -218,9 +218,7 @@ def train_run(mixer: str, seq_len: int, width: int, lr: float, grid: Grid, devic
         record["accuracy_curve"] = accuracy_curve + [(step + 1, accuracy)]
     if cut:
         record["cut_by_time_limit"] = True
-    tuned = autotune_choices()
-    if tuned:  # the tiles the kernels ran with: runs of one seed differ when these do
-        record["autotune"] = tuned
+    record.update(kernel_record())
     return record
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..blocks import MLP, SSD, Attention
-from ..kernels.autotune_choices import autotune_choices
+from ..kernels.autotune import kernel_record
 from .model import TinyLM, autocast, count_params, make_optimizer, warmup_cosine
 from .results import ResultStore, hardware, pick_device
 from .text_data import (
@@ -118,9 +118,7 @@ def train_run(arm: str, seed: int, cfg: Ablation, train_tokens, held_tokens, dev
            for n in cfg.eval_lens}
     record = {"arm": arm, "seed": seed, "perplexity": ppl, "final_train_loss": float(loss.detach()),
               "train_seconds": round(train_seconds, 2), "params": count_params(model)}
-    tuned = autotune_choices()
-    if tuned:  # the tiles the kernels ran with (mqar.train_run says why)
-        record["autotune"] = tuned
+    record.update(kernel_record())
     return record
 
 

@@ -91,8 +91,11 @@ def launch(kernel):
 
     Eager calls inside a ``triton_op`` body, under :func:`direct_launches` and under the
     interpreter go straight to the kernel; anywhere else on CUDA through the traceable wrapper.
+    An autotuned kernel (``kernels.autotune.Autotuned``) launches tuned, or pinned to one
+    config while ``torch.use_deterministic_algorithms(True)`` is on.
     """
-    return torch.library.wrap_triton(kernel)
+    pick = getattr(kernel, "pick", None)
+    return torch.library.wrap_triton(pick() if pick else kernel)
 
 
 try:  # the switch triton_op itself uses for its eager calls

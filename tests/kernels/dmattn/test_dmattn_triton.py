@@ -4,6 +4,8 @@ from explicit rank counts, so it shares nothing with the kernels' block-merge se
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -95,6 +97,7 @@ CASES = [
     (1, 257, 2, 1, 32, 100, torch.float32, "normal"),
     (1, 65, 2, 1, 32, 65, torch.float32, "ties"),  # window == t
     (1, 63, 2, 1, 32, 500, torch.float16, "normal"),  # window > t
+    (2, 200, 2, 2, 16, 45, torch.float32, "normal"),  # batch rows, several selection segments
 ]
 
 
@@ -124,6 +127,42 @@ def test_varlen_matches_unpacked_kernel_output():
     for s0, s1 in zip(cu[:-1].tolist(), cu[1:].tolist()):
         o_s, _ = triton_backend.forward(q[:, s0:s1], k[:, s0:s1], v[:, s0:s1], bias[..., s0:s1], None, 20, 0.2)
         assert_close(o[:, s0:s1], o_s, torch.float32, "varlen slice")
+
+
+def ranked(bias: torch.Tensor, keys: range) -> list[int]:
+    """Positions of ``keys`` best first (bias desc, ties to the more recent key)."""
+    return sorted(keys, key=lambda j: (bias[j].item(), j), reverse=True)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("t,w,cu,kind", [(257, 40, None, "normal"), (300, 70, None, "ties"), (257, 1, None, "normal"),
+                                         (200, 9, [0, 30, 31, 95, 200], "ties"), (260, 33, [0, 200, 260], "rising")])
+def test_window_selection_lists_and_thresholds(t, w, cu, kind):
+    """The selection itself, against sorting written here: block m's list holds the top-w keys
+    of its sequence before the block, best first, -1 after; theta[i] is the w-th best key of
+    i's causal prefix in its sequence, -1 while that prefix has fewer than w keys. Batch rows and
+    heads (b 2, hkv 2) have their own biases; the blocks cross several segments."""
+    gen = torch.Generator().manual_seed(t + w)
+    bias = make_bias(kind, (2, 2, t), gen)
+    cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    layout = triton_backend.block_layout(t, cut, triton_backend.BLOCK_M, bias.device)
+    kept, kept_bias, theta = triton_backend.select_window(bias, w, triton_backend.BLOCK_M, layout)
+    m = triton_backend.BLOCK_M
+    bounds = [0, t] if cu is None else cu
+    for x in range(2):
+        for y in range(2):
+            row = bias[x, y]
+            blk = 0
+            for s0, s1 in zip(bounds[:-1], bounds[1:]):
+                for i in range(s0, s1):
+                    best = ranked(row, range(s0, i + 1))
+                    assert theta[x, y, i].item() == (best[w - 1] if len(best) >= w else -1), (x, y, i)
+                for b0 in range(s0, s1, m):
+                    want = ranked(row, range(s0, b0))[:w]
+                    got = kept[x, y, blk].tolist()
+                    assert got == want + [-1] * (w - len(want)), (x, y, blk)
+                    assert kept_bias[x, y, blk, :len(want)].tolist() == row[want].tolist()
+                    blk += 1
 
 
 @pytest.mark.interpret
@@ -219,6 +258,32 @@ def test_training_step_selects_once(monkeypatch):
     assert len(calls) == 1
     leaves = [x.detach().double().requires_grad_() for x in inputs]
     ref, _ = brute_force(*leaves, 7, 16**-0.5)
+    for name, g, r in zip(("dq", "dk", "dv", "dbias"), grads, torch.autograd.grad(ref.square().sum(), leaves)):
+        assert_close(g, r, torch.float32, name, factor=2.0)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("w", [None, 7])
+def test_deterministic_mode(monkeypatch, deterministic, w):
+    """With torch.use_deterministic_algorithms(True) the forward and the backward without a
+    window stay on the Triton kernels (pinned configs, kernels/autotune); the windowed backward,
+    which adds with atomics, says so and runs the reference backward. Gradients stay exact.
+    (Deterministic mode also fills torch.empty with NaN: a kernel that leaves part of an output
+    unwritten fails here.)"""
+    launched = []
+    backward = triton_backend.backward
+    monkeypatch.setattr(triton_backend, "backward", lambda *a: launched.append(1) or backward(*a))
+    inputs = [x.requires_grad_() for x in small_inputs(45, seed=5)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = dmattn(*inputs, keep_window=w)
+        grads = torch.autograd.grad(out.square().sum(), inputs)
+    said = [str(m.message) for m in caught if "atomics" in str(m.message)]
+    assert len(said) == (1 if w else 0), said
+    assert launched == [1]  # the Triton backward was asked; with a window it declined
+    leaves = [x.detach().double().requires_grad_() for x in inputs]
+    ref, _ = brute_force(*leaves, w, 16**-0.5)
+    assert_close(out, ref, torch.float32, "o")
     for name, g, r in zip(("dq", "dk", "dv", "dbias"), grads, torch.autograd.grad(ref.square().sum(), leaves)):
         assert_close(g, r, torch.float32, name, factor=2.0)
 

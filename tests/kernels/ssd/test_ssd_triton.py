@@ -10,8 +10,9 @@ import pytest
 import torch
 from conftest import assert_close
 
+from wmzoo.kernels.autotune import Autotuned
 from wmzoo.kernels.ssd import op as ssd_op
-from wmzoo.kernels.ssd import ssd, ssd_reference, ssd_step
+from wmzoo.kernels.ssd import ssd, ssd_reference, ssd_step, triton_bwd, triton_fwd, triton_segments
 
 F64 = torch.float64
 GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "initial_state")
@@ -373,6 +374,21 @@ def test_unsupported_inputs_say_why_and_fall_back():
 # GPU: bf16
 
 
+@pytest.mark.interpret
+@pytest.mark.parametrize("segs", [1, 3])
+def test_deterministic_mode_stays_on_the_kernels(monkeypatch, deterministic, segs, triton_calls):
+    """torch.use_deterministic_algorithms(True) pins the configs (kernels/autotune) and fills
+    torch.empty with NaN: every buffer a kernel is meant to fill must be written in full."""
+    from wmzoo.kernels.ssd import triton_backend
+
+    monkeypatch.setattr(triton_backend, "FORCE_SEGMENTS", segs)
+    args = make_inputs(2, 100, 4, 2, 24, 20, rope=12, seed=8)
+    weights = loss_weights(args)
+    got = run_op(args, 32, weights)
+    assert triton_calls["forward"] == 1 and triton_calls["backward"] == 1
+    assert_all_close(got, run_loop(args, weights), torch.float32)
+
+
 def check_gpu_against_loop(args, triton_calls):
     """bf16 on CUDA, one forward and one backward through the kernels, against the float64 loop
     on CPU."""
@@ -404,6 +420,24 @@ def test_gpu_bf16_benchmark_tiles(monkeypatch, segs, triton_calls):
     monkeypatch.setattr(triton_backend, "FORCE_SEGMENTS", segs)
     args = make_inputs(2, 200, 4, 4, 64, 128, dtype=torch.bfloat16, rope=64, seed=3, device="cuda")
     check_gpu_against_loop(args, triton_calls)
+
+
+@pytest.mark.gpu
+def test_gpu_deterministic_mode_repeats_bit_for_bit_without_autotuning(monkeypatch, deterministic, triton_calls):
+    """Deterministic mode runs each kernel's first config: the autotuner is never consulted (its
+    caches stay empty) and two forward+backward passes give the same bits."""
+    from wmzoo.kernels.autotune import autotune_choices
+
+    for module in (triton_fwd, triton_bwd, triton_segments):
+        for kernel in vars(module).values():
+            if isinstance(kernel, Autotuned):
+                monkeypatch.setattr(kernel.tuned, "cache", {})
+    args = make_inputs(2, 300, 8, 2, 64, 64, dtype=torch.bfloat16, rope=32, seed=4, device="cuda")
+    weights = tuple(w.cuda() for w in loss_weights(args))
+    first, second = run_op(args, 64, weights), run_op(args, 64, weights)
+    assert autotune_choices() == {}
+    for a, b in zip((first[0], first[1], *first[2].values()), (second[0], second[1], *second[2].values())):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.gpu

@@ -8,6 +8,8 @@ branch depends on shapes, dtypes and the static keep_window only.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import triton
 
@@ -125,6 +127,13 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
     hkv = k.shape[2]
     g = h // hkv
     w = _window(keep_window, t)
+    if w and torch.are_deterministic_algorithms_enabled():
+        # Atomic adds land in no fixed order. Torch's rule: use a deterministic implementation
+        # where one exists (the reference backward), else refuse; said aloud since it is slow.
+        warnings.warn("dmattn: the windowed Triton backward adds dk, dv, dbias with atomics, so "
+                      "with torch.use_deterministic_algorithms(True) the reference backward runs "
+                      "instead (exact, but it builds t x t scores per head)", stacklevel=2)
+        raise Unsupported("keep_window: the windowed backward is not deterministic")
     # (b, h, t). Its own strides go to the kernels: under torch.compile it is a buffer whose
     # layout Inductor picks (same stride order, exact strides not promised, e.g. when it pads
     # static shapes), so it need not match lse's, as the kernels once assumed.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..autotune import Autotuned
 from ..registry import INTERPRET
 from .triton_select import ranks_above
 
@@ -173,14 +174,14 @@ def _fwd_kernel(
     tl.store(lse_ptr + bi64 * s_lb + hq * s_lh + offs_m, lse, mask=row_ok)
 
 
-def _tuned(kernel, configs: list[tuple[int, ...]], key: list[str]):
-    """Autotune over (BLOCK_N, num_warps, num_stages); the interpreter takes the first only."""
+def _tuned(kernel, configs: list[tuple[int, ...]], key: list[str]) -> Autotuned:
+    """Autotuned over (BLOCK_N, num_warps, num_stages); the interpreter takes the first only,
+    and so does deterministic mode (kernels/autotune): list first a config that fits every head
+    dim the backend takes (tests/test_kernel_resources.py)."""
     if INTERPRET:
         configs = configs[:1]
-    return triton.autotune(
-        [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s) for n, w, s in configs], key=key)(kernel)
+    return Autotuned(kernel, [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s) for n, w, s in configs], key)
 
 
-# BLOCK_M is fixed by the caller (the query-block layout and the window lists depend on it)
 fwd_kernel = _tuned(_fwd_kernel, [(32, 4, 1)] if INTERPRET else [(64, 8, 3), (128, 8, 3), (64, 4, 3), (128, 8, 2)],
                     key=["D", "G", "WINDOW", "VARLEN", "BLOCK_M"])

@@ -33,6 +33,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..autotune import autotuned
 from .triton_common import (
     TILE_KEY,
     chunk_decays,
@@ -63,7 +64,7 @@ def rotated_operands(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HA
     return b, c
 
 
-@triton.autotune(configs=configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
+@autotuned(configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
 @triton.jit
 def _ssd_bwd_forward_sweep(
     dy_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
@@ -109,7 +110,7 @@ def _ssd_bwd_forward_sweep(
     tl.store(dff_ptr + k * H + head, tl.sum(tl.sum(f * s, axis=1), axis=0))
 
 
-@triton.autotune(configs=configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
+@autotuned(configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
 @triton.jit
 def _ssd_bwd_reverse_sweep(
     dy_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, cu_ptr, cos_ptr, sin_ptr,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..autotune import autotuned
 from .triton_common import (
     TILE_KEY,
     chunk_decays,
@@ -43,7 +44,7 @@ from .triton_common import (
 )
 
 
-@triton.autotune(configs=configs(((4, 1), (4, 2), (8, 2))), key=TILE_KEY)  # 1 stage: see triton_fwd
+@autotuned(configs(((4, 1), (4, 2), (8, 2))), key=TILE_KEY)  # 1 stage: see triton_fwd
 @triton.jit
 def _ssd_segment_states(
     x_ptr, dt_ptr, A_ptr, B_ptr, cu_ptr, cos_ptr, sin_ptr,
@@ -75,7 +76,7 @@ def _ssd_segment_states(
     tl.store(dec_ptr + idx * H + head, dec)  # the same value from every block of p
 
 
-@triton.autotune(configs=configs(((4, 1), (4, 2), (8, 2))), key=TILE_KEY)  # 1 stage: see triton_fwd
+@autotuned(configs(((4, 1), (4, 2), (8, 2))), key=TILE_KEY)  # 1 stage: see triton_fwd
 @triton.jit
 def _ssd_segment_dstates(
     dy_ptr, dt_ptr, A_ptr, C_ptr, cu_ptr, cos_ptr, sin_ptr,
