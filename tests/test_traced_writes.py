@@ -97,6 +97,27 @@ def test_dmattn_kernels_are_seen_writing_their_outputs(hopper, monkeypatch, varl
     check(calls, expected, read_only={"q_ptr", "k_ptr", "v_ptr", "b_ptr", "do_ptr", "delta_ptr"})
 
 
+@pytest.mark.parametrize("varlen", [False, True])
+def test_dmattn_window_selection_kernels_are_seen_writing_their_outputs(hopper, monkeypatch, varlen):
+    """The selection writes its lists in place into buffers made by torch.full (and a scratch
+    list the last launch reads): traced, a missed write would leave them at -1. Also a guard on
+    compile time: with its binary search unrolled (tl.static_range) torch 2.13's analysis of
+    the merge kernels ran for minutes, exponential in the search's depth (pytorch#193703), so
+    the search is a loop; were it unrolled again, this test would hang."""
+    select = importlib.import_module("wmzoo.kernels.dmattn.triton_select")
+    calls = record_launches(monkeypatch, select)
+    t = 700
+    bias = torch.randn(1, 2, t)
+    cu = torch.tensor([0, 300, t], dtype=torch.int32) if varlen else None
+    layout = select.block_layout(t, cu, 128, bias.device)
+    select.select_window(bias, 100, 128, layout)
+    expected = {"_chain_kernel": {"loc_ptr", "locb_ptr", "segtop_ptr", "segtopb_ptr"},
+                "_prefix_kernel": {"kept_ptr", "keptb_ptr"},
+                "_block_kernel": {"kept_ptr", "keptb_ptr", "theta_ptr"}}
+    assert [jit_function(kern).__name__ for kern, _, _ in calls] == ["_chain_kernel", "_prefix_kernel", "_block_kernel"]
+    check(calls, expected, read_only={"bias_ptr"})
+
+
 def test_ssd_kernels_are_seen_writing_their_outputs(hopper, monkeypatch):
     backend = importlib.import_module("wmzoo.kernels.ssd.triton_backend")
     calls = record_launches(monkeypatch, backend)
