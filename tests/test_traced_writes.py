@@ -138,3 +138,22 @@ def test_ssd_kernels_are_seen_writing_their_outputs(hopper, monkeypatch):
     names = [jit_function(kern).__name__ for kern, _, _ in calls]
     assert set(names) == set(expected), names
     check(calls, expected, read_only={"x_ptr", "dy_ptr", "B_ptr", "C_ptr", "cos_ptr", "sin_ptr"})
+
+
+def test_cdmoe_kernels_are_seen_writing_their_outputs(hopper, monkeypatch):
+    retrieval = importlib.import_module("wmzoo.kernels.cdmoe.retrieval_kernel")
+    experts = importlib.import_module("wmzoo.kernels.cdmoe.experts_kernel")
+    calls, expert_calls = record_launches(monkeypatch, retrieval), record_launches(monkeypatch, experts)
+    n, heads, r, s, k, d = 50, 2, 32, 16, 8, 64
+    retrieval.product_key_topk_triton(torch.randn(n, heads, r), torch.randn(heads, 2, s, r // 2), k)
+    x, weights = torch.randn(n, d), torch.randn(n, k)
+    indices = torch.randint(0, s * s, (n, k))
+    down, up = torch.randn(s * s, d), torch.randn(s * s, d)
+    experts.cdmoe_experts_triton(x, indices, weights, down, up)
+    experts.cdmoe_experts_backward_triton(torch.randn(n, d), x, indices, weights, down, up)
+    calls += expert_calls
+    expected = {"_retrieval_fwd_kernel": {"w_ptr", "idx_ptr"}, "_experts_fwd_kernel": {"out_ptr"},
+                "_experts_bwd_by_expert_kernel": {"dw_ptr", "dh_ptr", "d_down_ptr", "d_up_ptr"},
+                "_experts_dx_kernel": {"dx_ptr"}}
+    assert sorted(jit_function(kern).__name__ for kern, _, _ in calls) == sorted(expected)
+    check(calls, expected, read_only={"q_ptr", "keys_ptr", "x_ptr", "down_ptr", "up_ptr", "grad_ptr"})
