@@ -4,7 +4,7 @@
 
 The benchmarks (bench_ssd.py, bench_dmattn.py) give one number per op; this script says which
 kernels make it up (torch.profiler, after warm-up), e.g. the SSD backward's two sweeps vs the
-RoPE transpose pass, or the DMAttn window selection's three launches vs the attention, and
+RoPE transpose pass, or the DMAttn window selection's scan launches vs the attention, and
 whether a call is bound by the host (host time per call far above the kernels' sum), as the
 DMAttn decode path looked in run 4 (0.29 ms for ~17 MB of cache). Prints one table per case,
 then on CUDA the config every autotuned kernel chose (to read beside

@@ -99,23 +99,26 @@ def test_dmattn_kernels_are_seen_writing_their_outputs(hopper, monkeypatch, varl
 
 @pytest.mark.parametrize("varlen", [False, True])
 def test_dmattn_window_selection_kernels_are_seen_writing_their_outputs(hopper, monkeypatch, varlen):
-    """The selection writes its lists in place into buffers made by torch.full (and a scratch
-    list the last launch reads): traced, a missed write would leave them at -1. Also a guard on
-    compile time: with its binary search unrolled (tl.static_range) torch 2.13's analysis of
-    the merge kernels ran for minutes, exponential in the search's depth (pytorch#193703), so
-    the search is a loop; were it unrolled again, this test would hang."""
+    """The selection writes its lists in place into buffers made by torch.full, and its scan
+    steps read one buffer and write the other: traced, a missed write would leave them at -1.
+    Also a guard on compile time: with its binary search unrolled (tl.static_range) torch
+    2.13's analysis of the merge kernels ran for minutes, exponential in the search's depth
+    (pytorch#193703), so the search is a loop; were it unrolled again, this test would hang."""
     select = importlib.import_module("wmzoo.kernels.dmattn.triton_select")
+    layout_of = importlib.import_module("wmzoo.kernels.dmattn.triton_layout").block_layout
     calls = record_launches(monkeypatch, select)
     t = 700
     bias = torch.randn(1, 2, t)
     cu = torch.tensor([0, 300, t], dtype=torch.int32) if varlen else None
-    layout = select.block_layout(t, cu, 128, bias.device)
+    layout = layout_of(t, cu, 128, bias.device)
     select.select_window(bias, 100, 128, layout)
-    expected = {"_chain_kernel": {"loc_ptr", "locb_ptr", "segtop_ptr", "segtopb_ptr"},
-                "_prefix_kernel": {"kept_ptr", "keptb_ptr"},
-                "_block_kernel": {"kept_ptr", "keptb_ptr", "theta_ptr"}}
-    assert [jit_function(kern).__name__ for kern, _, _ in calls] == ["_chain_kernel", "_prefix_kernel", "_block_kernel"]
-    check(calls, expected, read_only={"bias_ptr"})
+    expected = {"_block_sort_kernel": {"out_ptr", "outb_ptr"}, "_scan_kernel": {"out_ptr", "outb_ptr"},
+                "_theta_kernel": {"theta_ptr"}}
+    names = [jit_function(kern).__name__ for kern, _, _ in calls]
+    assert names == ["_block_sort_kernel"] + ["_scan_kernel"] * select.scan_steps(t, 128) + ["_theta_kernel"], names
+    # (the scan step's input lists are reported written too: torch counts an argument as written
+    # when a store's address depends on values loaded from it, as a merge's scatter does)
+    check(calls, expected, read_only={"bias_ptr", "kept_ptr", "keptb_ptr"})
 
 
 def test_ssd_kernels_are_seen_writing_their_outputs(hopper, monkeypatch):
@@ -157,3 +160,44 @@ def test_cdmoe_kernels_are_seen_writing_their_outputs(hopper, monkeypatch):
                 "_experts_dx_kernel": {"dx_ptr"}}
     assert sorted(jit_function(kern).__name__ for kern, _, _ in calls) == sorted(expected)
     check(calls, expected, read_only={"q_ptr", "keys_ptr", "x_ptr", "down_ptr", "up_ptr", "grad_ptr"})
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_triton_bodies_trace_with_symbolic_shapes(hopper, varlen):
+    """On CUDA torch.compile traces the Triton bodies with symbolic shapes (they are their own
+    fakes): no host sync, no data-dependent shape. Traced here, launches and all, the launches
+    recorded as graph nodes (nothing runs): DMAttn's windowed forward (selection included) and
+    backward, and SSD's forward and backward with RoPE."""
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    dm = importlib.import_module("wmzoo.kernels.dmattn.triton_backend")
+    ssd = importlib.import_module("wmzoo.kernels.ssd.triton_backend")
+    t = 300
+    cu = torch.tensor([0, 100, t], dtype=torch.int32) if varlen else None
+    q, do = torch.randn(1, t, 4, 16), torch.randn(1, t, 4, 16)
+    k, v, bias = torch.randn(1, t, 2, 16), torch.randn(1, t, 2, 16), torch.randn(1, 2, t)
+
+    def dmattn_step(q, k, v, bias, do, *cu):
+        cu = cu[0] if cu else None
+        o, lse, lists = dm.forward_with_window(q, k, v, bias, cu, 40, 0.25)
+        return dm.backward(do, q, k, v, bias, o, lse, *lists, cu, 40, 0.25)
+
+    x, dy = torch.randn(1, t, 4, 32), torch.randn(1, t, 4, 32)
+    dt, A, D = torch.rand(1, t, 4), -torch.rand(4), torch.randn(4)
+    B, C = torch.randn(1, t, 2, 32), torch.randn(1, t, 2, 32)
+    cos, sin = torch.rand(1, t, 8), torch.rand(1, t, 8)
+
+    def ssd_step(x, dt, A, B, C, D, cos, sin, dy, *cu):
+        cu = cu[0] if cu else None
+        y, final = ssd.forward(x, dt, A, B, C, D, None, cu, cos, sin, 64)
+        return ssd.backward(dy, final, x, dt, A, B, C, D, None, cu, cos, sin, 64)
+
+    tail = () if cu is None else (cu,)  # traced as an input, as torch.compile sees it
+    for fn, args, first in ((dmattn_step, (q, k, v, bias, do), "_block_sort_kernel"),
+                            (ssd_step, (x, dt, A, B, C, D, cos, sin, dy), None)):
+        graph = make_fx(fn, tracing_mode="symbolic")(*args, *tail).graph
+        launched = [jit_function(kernel_side_table.get_kernel(n.kwargs["kernel_idx"])).__name__
+                    for n in graph.nodes if n.target is torch.ops.higher_order.triton_kernel_wrapper_mutation]
+        assert len(launched) >= 3, launched
+        assert first is None or launched[0] == first, launched

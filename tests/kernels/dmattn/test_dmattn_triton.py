@@ -97,7 +97,7 @@ CASES = [
     (1, 257, 2, 1, 32, 100, torch.float32, "normal"),
     (1, 65, 2, 1, 32, 65, torch.float32, "ties"),  # window == t
     (1, 63, 2, 1, 32, 500, torch.float16, "normal"),  # window > t
-    (2, 200, 2, 2, 16, 45, torch.float32, "normal"),  # batch rows, several selection segments
+    (2, 200, 2, 2, 16, 45, torch.float32, "normal"),  # batch rows, several selection scan steps
 ]
 
 
@@ -111,7 +111,7 @@ def test_matches_brute_force(b, t, h, hkv, d, w, dtype, bias_kind):
 @pytest.mark.parametrize("w", [None, 9, 40])
 def test_varlen_equals_separate_sequences(w):
     # sequences shorter than, equal to and longer than a block, one of length 1, one spanning
-    # several selection segments
+    # several selection scan steps
     run_case(1, 200, 4, 2, 32, w, torch.float32, "ties", cu=[0, 30, 31, 95, 200])
 
 
@@ -141,7 +141,7 @@ def test_window_selection_lists_and_thresholds(t, w, cu, kind):
     """The selection itself, against sorting written here: block m's list holds the top-w keys
     of its sequence before the block, best first, -1 after; theta[i] is the w-th best key of
     i's causal prefix in its sequence, -1 while that prefix has fewer than w keys. Batch rows and
-    heads (b 2, hkv 2) have their own biases; the blocks cross several segments."""
+    heads (b 2, hkv 2) have their own biases; up to 10 blocks per sequence: 4 scan steps."""
     gen = torch.Generator().manual_seed(t + w)
     bias = make_bias(kind, (2, 2, t), gen)
     cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)

@@ -5,8 +5,7 @@ Packed varlen (``cu_seqlens``): blocks never straddle a sequence boundary. Seque
 ceil(len_s / M) blocks starting at ``blk_start[s]``; the grid has a static upper bound
 ceil(total / M) + num_seqs blocks (known from shapes alone), and each block's
 (sequence start, sequence end, first query) comes from small device tables, so no
-``.item()`` is needed. Surplus blocks get an empty range and do nothing. The same tables at a
-coarser granularity describe the window selection's segments (triton_select).
+``.item()`` is needed. Surplus blocks get an empty range and do nothing.
 """
 
 from __future__ import annotations
