@@ -435,7 +435,7 @@ def test_gpu_deterministic_mode_repeats_bit_for_bit_without_autotuning(monkeypat
     args = make_inputs(2, 300, 8, 2, 64, 64, dtype=torch.bfloat16, rope=32, seed=4, device="cuda")
     weights = tuple(w.cuda() for w in loss_weights(args))
     first, second = run_op(args, 64, weights), run_op(args, 64, weights)
-    assert autotune_choices() == {}
+    assert not [k for k in autotune_choices() if k.startswith("ssd.")]
     for a, b in zip((first[0], first[1], *first[2].values()), (second[0], second[1], *second[2].values())):
         assert torch.equal(a, b)
 
