@@ -4,14 +4,12 @@ from explicit rank counts, so it shares nothing with the kernels' block-merge se
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
 from conftest import REL_TOL, assert_close, rel_err
 from wmzoo.kernels.dmattn import DMAttnCache, dmattn, dmattn_bwd, dmattn_fwd, triton_backend
-from wmzoo.kernels.registry import Unsupported
+from wmzoo.kernels.registry import Unsupported, launch
 
 
 def keep_mask(bias: torch.Tensor, w: int | None) -> torch.Tensor:
@@ -263,29 +261,41 @@ def test_training_step_selects_once(monkeypatch):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("w", [None, 7])
-def test_deterministic_mode(monkeypatch, deterministic, w):
-    """With torch.use_deterministic_algorithms(True) the forward and the backward without a
-    window stay on the Triton kernels (pinned configs, kernels/autotune); the windowed backward,
-    which adds with atomics, says so and runs the reference backward. Gradients stay exact.
+@pytest.mark.parametrize("w,cu", [(None, None), (7, None), (9, [0, 30, 31, 95, 140])])
+def test_deterministic_mode(monkeypatch, deterministic, w, cu):
+    """With torch.use_deterministic_algorithms(True) everything stays on the Triton kernels
+    (pinned configs, kernels/autotune); with a window the dk / dv / dbias come from the
+    key-major kernel with the window as a mask instead of atomic adds. Gradients stay exact.
     (Deterministic mode also fills torch.empty with NaN: a kernel that leaves part of an output
     unwritten fails here.)"""
-    launched = []
-    backward = triton_backend.backward
-    monkeypatch.setattr(triton_backend, "backward", lambda *a: launched.append(1) or backward(*a))
-    inputs = [x.requires_grad_() for x in small_inputs(45, seed=5)]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = dmattn(*inputs, keep_window=w)
-        grads = torch.autograd.grad(out.square().sum(), inputs)
-    said = [str(m.message) for m in caught if "atomics" in str(m.message)]
-    assert len(said) == (1 if w else 0), said
-    assert launched == [1]  # the Triton backward was asked; with a window it declined
+    atomic = []  # the ATOMIC constexpr of each dq launch
+    monkeypatch.setattr(triton_backend, "launch", lambda k: _spy(k, atomic))
+    t = 140 if cu else 45
+    inputs = [x.requires_grad_() for x in small_inputs(t, seed=5)]
+    cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    out = dmattn(*inputs, keep_window=w, cu_seqlens=cut)
+    grads = torch.autograd.grad(out.square().sum(), inputs)
+    assert atomic == [False], atomic  # one dq launch, without atomics
     leaves = [x.detach().double().requires_grad_() for x in inputs]
-    ref, _ = brute_force(*leaves, w, 16**-0.5)
+    ref, _ = brute_force(*leaves, w, 16**-0.5, cu)
     assert_close(out, ref, torch.float32, "o")
     for name, g, r in zip(("dq", "dk", "dv", "dbias"), grads, torch.autograd.grad(ref.square().sum(), leaves)):
         assert_close(g, r, torch.float32, name, factor=2.0)
+
+
+def _spy(kernel, atomic):
+    """registry.launch, noting the ATOMIC flag of each dq launch."""
+    launched = launch(kernel)
+
+    class Spy:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                if "ATOMIC" in kwargs:
+                    atomic.append(kwargs["ATOMIC"])
+                return launched[grid](*args, **kwargs)
+            return run
+
+    return Spy()
 
 
 @pytest.mark.interpret
@@ -340,8 +350,13 @@ def test_cache_attend_launches_the_decode_kernel_directly(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("t,w", [(1000, None), (1000, 100), (2100, 300), (777, 1)])
-def test_gpu_bf16_matches_brute_force(t, w):
+@pytest.mark.parametrize("t,w,det", [(1000, None, False), (1000, 100, False), (2100, 300, False), (777, 1, False),
+                                     (1000, None, True), (2100, 300, True)])
+def test_gpu_bf16_matches_brute_force(t, w, det, request):
+    """det: in torch's deterministic mode (pinned configs; with a window, the key-major dk / dv /
+    dbias), where the backward must also repeat bit for bit."""
+    if det:
+        request.getfixturevalue("deterministic")
     gen = torch.Generator(device="cuda").manual_seed(0)
     b, h, hkv, d = 2, 8, 4, 128
     q = torch.randn(b, t, h, d, device="cuda", generator=gen).bfloat16()
@@ -359,6 +374,9 @@ def test_gpu_bf16_matches_brute_force(t, w):
             assert got.abs().max() <= REL_TOL[torch.bfloat16], name
         else:
             assert_close(got, want, torch.bfloat16, name, factor=2.0)
+    if det:
+        again = triton_backend.backward(do, q, k, v, bias, o, lse, *(lists or (None,) * 3), None, w or 0, d**-0.5)
+        assert all(torch.equal(a, b) for a, b in zip(grads, again))
 
 
 @pytest.mark.gpu

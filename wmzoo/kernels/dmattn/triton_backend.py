@@ -8,8 +8,6 @@ branch depends on shapes, dtypes and the static keep_window only.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import triton
 
@@ -127,13 +125,10 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
     hkv = k.shape[2]
     g = h // hkv
     w = _window(keep_window, t)
-    if w and torch.are_deterministic_algorithms_enabled():
-        # Atomic adds land in no fixed order. Torch's rule: use a deterministic implementation
-        # where one exists (the reference backward), else refuse; said aloud since it is slow.
-        warnings.warn("dmattn: the windowed Triton backward adds dk, dv, dbias with atomics, so "
-                      "with torch.use_deterministic_algorithms(True) the reference backward runs "
-                      "instead (exact, but it builds t x t scores per head)", stacklevel=2)
-        raise Unsupported("keep_window: the windowed backward is not deterministic")
+    # With a window the query-major kernel adds dk, dv, dbias with atomics, which land in no
+    # fixed order; in torch's deterministic mode the key-major kernel computes them instead,
+    # masking what the window drops (deterministic, at the cost of the backward without one).
+    atomic = bool(w) and not torch.are_deterministic_algorithms_enabled()
     # (b, h, t). Its own strides go to the kernels: under torch.compile it is a buffer whose
     # layout Inductor picks (same stride order, exact strides not promised, e.g. when it pads
     # static shapes), so it need not match lse's, as the kernels once assumed.
@@ -148,7 +143,7 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
         kept, kept_bias, theta = kept.contiguous(), kept_bias.contiguous(), theta.contiguous()
     else:
         kept = kept_bias = theta = layout.blk_info  # placeholders, never read
-    if w:  # accumulated with atomics by the query-major kernel
+    if atomic:  # accumulated with atomics by the query-major kernel
         dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
         dbias = torch.zeros(bias_c.shape, dtype=torch.float32, device=bias.device)
@@ -165,22 +160,24 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
         bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1), delta.stride(0), delta.stride(1),
         kept.stride(0) if w else 0, kept.stride(1) if w else 0,
         theta.stride(0) if w else 0, theta.stride(1) if w else 0,
-        VARLEN=layout.varlen, WINDOW=bool(w), BLOCK_M=BLOCK_M, **flags, **q_cfg,
+        VARLEN=layout.varlen, WINDOW=bool(w), ATOMIC=atomic, BLOCK_M=BLOCK_M, **flags, **q_cfg,
     )
-    if w:
+    if atomic:
         return dq, dk.to(k.dtype), dv.to(v.dtype), dbias.to(bias.dtype)
     args = (q, k, v, bias_c, do, lse, delta, dk, dv, dbias)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
                *dk.stride()[:3], *dv.stride()[:3], dbias.stride(0), dbias.stride(1),
-               bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1), delta.stride(0), delta.stride(1))
+               bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1), delta.stride(0), delta.stride(1),
+               theta.stride(0) if w else 0, theta.stride(1) if w else 0)
+    flags = dict(flags, WINDOW=bool(w))
     if cu_seqlens is None:
         n_blk = lambda meta: triton.cdiv(t, meta["BLOCK_N"])  # noqa: E731
         launch(bwd_kv_kernel)[lambda meta: (n_blk(meta), b * hkv)](
-            *args, layout.blk_info, scale, t, d, hkv, g, 0, *strides, VARLEN=False, **flags)
+            *args, layout.blk_info, theta, scale, t, d, hkv, g, 0, *strides, VARLEN=False, **flags)
     else:
         kv_layout = block_layout(t, cu_seqlens, KV_VARLEN_BLOCK_N, q.device)
         launch(bwd_kv_kernel_varlen)[(kv_layout.n_blocks, b * hkv)](
-            *args, kv_layout.blk_info, scale, t, d, hkv, g, kv_layout.n_blocks, *strides,
+            *args, kv_layout.blk_info, theta, scale, t, d, hkv, g, kv_layout.n_blocks, *strides,
             VARLEN=True, BLOCK_N=KV_VARLEN_BLOCK_N, **flags)
     return dq, dk, dv, dbias
 

@@ -5,12 +5,14 @@ dq = scale * dS K, dk = scale * dS^T Q, dv = P^T dO, dbias_j = column sums of dS
 the query heads of the key's kv head.
 
 * ``_bwd_q_kernel`` (query-major, the same key phases as the forward) computes dq. With a
-  keep_window it also adds dk, dv and dbias of its gathered keys into fp32 buffers with atomics:
-  a key is kept by an arbitrary set of query blocks, so the gathered lists cannot be inverted
-  into dense key-major work.
-* ``_bwd_kv_kernel`` (key-major, no window) owns a key block of one kv head, loops over the
-  query heads of that kv head and the causal queries, and accumulates dk, dv, dbias in
-  registers: no atomics, deterministic.
+  keep_window (ATOMIC) it also adds dk, dv and dbias of its gathered keys into fp32 buffers
+  with atomics: a key is kept by an arbitrary set of query blocks, so the gathered lists cannot
+  be inverted into dense key-major work.
+* ``_bwd_kv_kernel`` (key-major) owns a key block of one kv head, loops over the query heads of
+  that kv head and the causal queries, and accumulates dk, dv, dbias in registers: no atomics,
+  deterministic. With WINDOW it masks the pairs the window drops (from the thresholds theta),
+  still visiting every causal query: the deterministic windowed backward (dq from
+  ``_bwd_q_kernel`` without ATOMIC), at the cost of the backward without a window.
 """
 
 from __future__ import annotations
@@ -72,10 +74,12 @@ def _bwd_q_kernel(
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_dob, s_dot, s_doh, s_dqb, s_dqt, s_dqh,
     s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_dbb, s_dbh,
     s_bb, s_bh, s_lb, s_lh, s_deb, s_deh, s_keb, s_keh, s_thb, s_thh,
-    VARLEN: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr,
+    VARLEN: tl.constexpr, WINDOW: tl.constexpr, ATOMIC: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
     tl.static_assert(BLOCK_M % BLOCK_N == 0)
+    tl.static_assert(WINDOW or not ATOMIC)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = pid_bh // H
@@ -119,7 +123,7 @@ def _bwd_q_kernel(
             mask = keep & col_ok[None, :] & row_ok[:, None]
             dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
                              dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
-                             True, UPCAST, IEEE)
+                             ATOMIC, UPCAST, IEEE)
     elif EVEN:  # whole tiles before the diagonal block (see _bwd_q_tile)
         for n0 in range(0, i0, BLOCK_N):
             kj = n0 + offs_n
@@ -149,7 +153,7 @@ def _bwd_q_kernel(
             kj = tl.minimum(kj, end - 1)
         dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
                          dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
-                         WINDOW, UPCAST, IEEE, MASK_LOADS=WINDOW or not EVEN)
+                         ATOMIC, UPCAST, IEEE, MASK_LOADS=WINDOW or not EVEN)
     tl.store(dq_ptr + offs_m[:, None].to(tl.int64) * s_dqt + offs_d[None, :], (dq * sm_scale).to(dq_ptr.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d[None, :] < D))
 
@@ -182,13 +186,23 @@ def _bwd_kv_tile(dk, dv, db, k, v, bj, q_ptr, do_ptr, l_ptr, d_ptr, rows, row_ok
 
 
 @triton.jit
+def _kept(theta_ptr, b_ptr, rows, row_ok, key_bias, keys):
+    """[key, query] mask of the window: query i keeps key j iff theta_i is -1 (every causal key
+    kept), or j ranks at or above theta_i (the rank order of triton_select)."""
+    th_idx = tl.load(theta_ptr + rows, mask=row_ok, other=-1)
+    th_b = tl.load(b_ptr + th_idx, mask=th_idx >= 0, other=float("-inf")).to(tl.float32)
+    return (keys[:, None] == th_idx[None, :]) | ranks_above(key_bias[:, None], keys[:, None], th_b[None, :], th_idx[None, :])
+
+
+@triton.jit
 def _bwd_kv_kernel(
-    q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, db_ptr, info_ptr,
+    q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, db_ptr, info_ptr, theta_ptr,
     sm_scale, T, D, HKV, G, N_BLK,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_dob, s_dot, s_doh,
     s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_dbb, s_dbh, s_bb, s_bh, s_lb, s_lh, s_deb, s_deh,
-    VARLEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr,
+    s_thb, s_thh,
+    VARLEN: tl.constexpr, WINDOW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr,
 ):
     tl.static_assert(BLOCK_N % BLOCK_M == 0)
     pid_n = tl.program_id(0)
@@ -205,7 +219,9 @@ def _bwd_kv_kernel(
     col_ok = offs_n < end
     k = load_rows(k_ptr, offs_n, col_ok, s_kt, offs_d, D, UPCAST)
     v = load_rows(v_ptr, offs_n, col_ok, s_vt, offs_d, D, UPCAST)
-    bj = tl.load(b_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * 1.4426950408889634
+    braw = tl.load(b_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)
+    bj = braw * 1.4426950408889634
+    theta_ptr += bi64 * s_thb + hk * s_thh
     # Inductor may hand a float argument over as fp64 (dynamic shapes); keep the math fp32.
     sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
@@ -226,12 +242,18 @@ def _bwd_kv_kernel(
             offs_m = m0 + tl.arange(0, BLOCK_M)
             row_ok = offs_m < end
             mask = col_ok[:, None] & row_ok[None, :] & (offs_m[None, :] >= offs_n[:, None])
+            if WINDOW:
+                mask = mask & _kept(theta_ptr, b_ptr, offs_m, row_ok, braw, offs_n)
             dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr, offs_m, row_ok,
                                       mask, s_qt, s_dot, offs_d, D, qk_scale, UPCAST, IEEE, True)
         for m0 in range(diag_end, end, BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)
             row_ok = offs_m < end
-            if EVEN:
+            if WINDOW:
+                mask = col_ok[:, None] & row_ok[None, :] & _kept(theta_ptr, b_ptr, offs_m, row_ok, braw, offs_n)
+                dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr, offs_m, row_ok,
+                                          mask, s_qt, s_dot, offs_d, D, qk_scale, UPCAST, IEEE, True)
+            elif EVEN:
                 dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr,
                                           tl.minimum(offs_m, end - 1), row_ok, None, s_qt, s_dot, offs_d, D,
                                           qk_scale, UPCAST, IEEE, False)
@@ -255,13 +277,14 @@ _KV_CONFIGS = [(32, 32, 4, 1)] if INTERPRET else [
 bwd_kv_kernel = Autotuned(
     _bwd_kv_kernel,
     [triton.Config({"BLOCK_N": n, "BLOCK_M": m}, num_warps=w, num_stages=s) for n, m, w, s in _KV_CONFIGS],
-    key=["D", "G", "VARLEN"])
+    key=["D", "G", "VARLEN", "WINDOW"])
 bwd_kv_kernel_varlen = Autotuned(
     _bwd_kv_kernel,
     [triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=s) for n, m, w, s in _KV_CONFIGS if n == _KV_CONFIGS[0][0]],
-    key=["D", "G", "VARLEN"])
+    key=["D", "G", "VARLEN", "WINDOW"])
 KV_VARLEN_BLOCK_N = _KV_CONFIGS[0][0]
-# dq without a window; with one, the kernel adds dk, dv, dbias with atomics and must run once.
+# dq without a window; with one (and ATOMIC), the kernel adds dk, dv, dbias with atomics and
+# must run once.
 # First: the H200's choice (run 6); 192 KB of shared memory at head dim 256.
 bwd_q_kernel = _tuned(_bwd_q_kernel, [(32, 4, 1)] if INTERPRET else [(64, 8, 2), (32, 4, 3), (32, 8, 3), (64, 4, 2)],
                       key=["D", "G", "VARLEN", "BLOCK_M"])
