@@ -65,8 +65,8 @@ def test_dmattn_first_configs_fit_the_h200_at_the_largest_head_dim():
     bwd = importlib.import_module("wmzoo.kernels.dmattn.triton_bwd")
     flags = dict(VARLEN=False, BLOCK_D=MAX_HEAD_DIM, UPCAST=False, IEEE=False, EVEN=True)
     cases = [(fwd.fwd_kernel, dict(flags, WINDOW=True, BLOCK_M=128)),
-             (bwd.bwd_q_kernel, dict(flags, WINDOW=False, BLOCK_M=128)),
-             (bwd.bwd_kv_kernel, flags)]
+             (bwd.bwd_q_kernel, dict(flags, WINDOW=False, ATOMIC=False, BLOCK_M=128)),
+             (bwd.bwd_kv_kernel, dict(flags, WINDOW=False))]
     for kernel, const in cases:
         first = types.SimpleNamespace(fn=kernel.fn, configs=kernel.configs[:1])
         [(name, report)] = kernel_resources.resources(first, const, 90)
