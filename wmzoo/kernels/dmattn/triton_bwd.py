@@ -22,7 +22,8 @@ import triton.language as tl
 
 from ..autotune import Autotuned
 from ..registry import INTERPRET
-from .triton_fwd import _tuned, block_bounds, load_full_rows, load_rows
+from .triton_fwd import _tuned, load_full_rows, load_rows
+from .triton_layout import block_bounds
 from .triton_select import ranks_above
 
 

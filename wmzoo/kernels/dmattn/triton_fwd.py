@@ -18,20 +18,8 @@ import triton.language as tl
 
 from ..autotune import Autotuned
 from ..registry import INTERPRET
+from .triton_layout import block_bounds
 from .triton_select import ranks_above
-
-@triton.jit
-def block_bounds(pid_m, info_ptr, T, N_BLK, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr):
-    """(sequence start, sequence end, first query) of query block pid_m."""
-    if VARLEN:
-        start = tl.load(info_ptr + pid_m)
-        end = tl.load(info_ptr + N_BLK + pid_m)
-        i0 = tl.load(info_ptr + 2 * N_BLK + pid_m)
-    else:
-        start = 0
-        end = T
-        i0 = pid_m * BLOCK_M
-    return start, end, i0
 
 
 @triton.jit

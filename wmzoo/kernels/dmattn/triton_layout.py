@@ -5,7 +5,8 @@ Packed varlen (``cu_seqlens``): blocks never straddle a sequence boundary. Seque
 ceil(len_s / M) blocks starting at ``blk_start[s]``; the grid has a static upper bound
 ceil(total / M) + num_seqs blocks (known from shapes alone), and each block's
 (sequence start, sequence end, first query) comes from small device tables, so no
-``.item()`` is needed. Surplus blocks get an empty range and do nothing.
+``.item()`` is needed. Surplus blocks get an empty range and do nothing. ``block_bounds``
+reads a block's range inside a kernel.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import triton
+import triton.language as tl
 
 from ..varlen import bucket_of
 
@@ -48,3 +50,17 @@ def block_layout(t: int, cu_seqlens: torch.Tensor | None, block_m: int, device) 
     first = start + (blk - blk_start[seq]) * block_m
     info = torch.stack([start, end, torch.where(real, first, end), seq]).to(torch.int32).contiguous()
     return BlockLayout(True, block_m, n_blocks, num_seqs, cu, blk_start.to(torch.int32), info)
+
+
+@triton.jit
+def block_bounds(pid_m, info_ptr, T, N_BLK, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr):
+    """(sequence start, sequence end, first query) of query block pid_m."""
+    if VARLEN:
+        start = tl.load(info_ptr + pid_m)
+        end = tl.load(info_ptr + N_BLK + pid_m)
+        i0 = tl.load(info_ptr + 2 * N_BLK + pid_m)
+    else:
+        start = 0
+        end = T
+        i0 = pid_m * BLOCK_M
+    return start, end, i0

@@ -41,6 +41,7 @@ import triton
 import triton.language as tl
 
 from ..registry import launch
+from .triton_layout import block_bounds
 
 
 @triton.jit
@@ -67,19 +68,11 @@ def _count_above(x_b, x_i, lst, lst_b, W, LOG: tl.constexpr):
     return lo
 
 
-
 @triton.jit
 def _block_info(pid, blk_info_ptr, T, N_BLK, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr):
-    """(sequence start, sequence end, first query, index of the block within its sequence);
-    surplus varlen blocks have first query = end (and index 0)."""
-    if VARLEN:
-        start = tl.load(blk_info_ptr + pid)
-        end = tl.load(blk_info_ptr + N_BLK + pid)
-        i0 = tl.load(blk_info_ptr + 2 * N_BLK + pid)
-    else:
-        start = 0
-        end = T
-        i0 = pid * BLOCK_M
+    """block_bounds and the block's index within its sequence (0 for surplus varlen blocks,
+    whose first query is their sequence's end)."""
+    start, end, i0 = block_bounds(pid, blk_info_ptr, T, N_BLK, VARLEN, BLOCK_M)
     return start, end, i0, (i0 - start) // BLOCK_M
 
 
