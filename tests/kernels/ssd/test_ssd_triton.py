@@ -138,6 +138,14 @@ def loss_weights(args, seed=1):
     return torch.randn(b, t, h, p, generator=gen, dtype=F64), torch.randn(b, h, p, n, generator=gen, dtype=F64)
 
 
+def check_against_loop(args, chunk_size, triton_calls, dtype):
+    """One forward and one backward through the Triton backend against the float64 loop."""
+    weights = loss_weights(args)
+    got = run_op(args, chunk_size, weights)
+    assert triton_calls["forward"] == 1 and triton_calls["backward"] == 1
+    assert_all_close(got, run_loop(args, weights), dtype)
+
+
 def assert_all_close(got, want, dtype, factor=1.0):
     y, final, grads = got
     y_ref, final_ref, grads_ref = want
@@ -163,10 +171,7 @@ def test_forward_and_gradients_match_loop(t, dtype, rope, triton_calls):
     # p and n not powers of two; two heads per group; chunks of 32 (t = 257: 64, 5 chunks).
     h, g = (4, 2) if t < 257 else (2, 1)
     args = make_inputs(2 if t < 257 else 1, t, h, g, 24, 20, dtype=dtype, rope=rope, seed=t + rope)
-    weights = loss_weights(args)
-    got = run_op(args, 32 if t < 257 else 64, weights)
-    assert triton_calls["forward"] == 1 and triton_calls["backward"] == 1
-    assert_all_close(got, run_loop(args, weights), dtype)
+    check_against_loop(args, 32 if t < 257 else 64, triton_calls, dtype)
 
 
 @pytest.mark.interpret
@@ -180,10 +185,7 @@ def test_gpu_tile_padding_is_exact(monkeypatch, segs, triton_calls):
     monkeypatch.setattr(triton_backend, "MIN_TILE_CPU", triton_backend.MIN_TILE_CUDA)
     monkeypatch.setattr(triton_backend, "FORCE_SEGMENTS", segs)
     args = make_inputs(1, 70, 2, 1, 24, 20, rope=12, seed=9)
-    weights = loss_weights(args)
-    got = run_op(args, 64, weights)
-    assert triton_calls["forward"] == 1 and triton_calls["backward"] == 1
-    assert_all_close(got, run_loop(args, weights), torch.float32)
+    check_against_loop(args, 64, triton_calls, torch.float32)
 
 
 @pytest.mark.interpret
@@ -221,10 +223,7 @@ def test_segmented_sequences_match_loop(monkeypatch, t, dtype, rope, segs, trito
 
     monkeypatch.setattr(triton_backend, "FORCE_SEGMENTS", segs)
     args = make_inputs(2, t, 4, 2, 24, 20, dtype=dtype, rope=rope, seed=t + segs)
-    weights = loss_weights(args)
-    got = run_op(args, 16, weights)
-    assert triton_calls["forward"] == 1 and triton_calls["backward"] == 1
-    assert_all_close(got, run_loop(args, weights), dtype)
+    check_against_loop(args, 16, triton_calls, dtype)
 
 
 @pytest.mark.interpret
@@ -383,10 +382,7 @@ def test_deterministic_mode_stays_on_the_kernels(monkeypatch, deterministic, seg
 
     monkeypatch.setattr(triton_backend, "FORCE_SEGMENTS", segs)
     args = make_inputs(2, 100, 4, 2, 24, 20, rope=12, seed=8)
-    weights = loss_weights(args)
-    got = run_op(args, 32, weights)
-    assert triton_calls["forward"] == 1 and triton_calls["backward"] == 1
-    assert_all_close(got, run_loop(args, weights), torch.float32)
+    check_against_loop(args, 32, triton_calls, torch.float32)
 
 
 def check_gpu_against_loop(args, triton_calls):
