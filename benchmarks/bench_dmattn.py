@@ -1,6 +1,11 @@
 """DMAttn benchmark (issue 5): wmzoo's Triton kernels beside the anchors, measured in one run.
 
     python benchmarks/bench_dmattn.py --out DIR [--sections correct,train,decode] [--quick]
+    python benchmarks/bench_dmattn.py --out DIR --sections select,deterministic
+
+``select`` times the window selection alone at every shape (seconds: a first-call check);
+``deterministic`` times wmzoo's fwd+bwd in torch's deterministic mode (pinned configs; with a
+window, dk / dv / dbias key-major without atomics) beside the same run's default mode.
 
 Anchors (same run, same GPU): SDPA causal without bias (the ceiling), FlexAttention compiled
 with the bias as score_mod (for windows: the exact window as mask_mod, block mask rebuilt every
@@ -222,6 +227,39 @@ def decode():
     print("decode", RESULTS["decode_cache_bytes"], RESULTS["decode_match"], flush=True)
 
 
+def inputs(B, H, T, D):
+    q = torch.randn(B, T, H, D, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(B, T, H, D, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(B, T, H, D, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    bias = torch.randn(B, H, T, device=DEV, dtype=torch.float32, requires_grad=True)  # i.i.d.: unclustered
+    return q, k, v, bias
+
+
+def select():
+    for (B, H, T, D) in SHAPES:
+        tag = f"B{B}_H{H}_T{T}_D{D}"
+        bias = inputs(B, H, T, D)[3].detach()
+        layout = triton_backend.block_layout(T, None, triton_backend.BLOCK_M, DEV)
+        for w in WINDOWS[1:]:
+            bench(f"wmzoo_select_w{w}_{tag}", direct(lambda: triton_backend.select_window(
+                bias, w, triton_backend.BLOCK_M, layout)))
+
+
+def deterministic():
+    for (B, H, T, D) in SHAPES:
+        tag = f"B{B}_H{H}_T{T}_D{D}"
+        q, k, v, bias = inputs(B, H, T, D)
+        do = torch.randn_like(q)
+        for w in WINDOWS:
+            run = lambda: dmattn(q, k, v, bias, keep_window=w).backward(do)  # noqa: E731
+            bench(f"wmzoo_w{w}_fwdbwd_{tag}", run)
+            torch.use_deterministic_algorithms(True)
+            try:
+                bench(f"wmzoo_w{w}_fwdbwd_deterministic_{tag}", run)
+            finally:
+                torch.use_deterministic_algorithms(False)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
@@ -241,11 +279,14 @@ def main():
             train(args.quick, args.budget_s, t0)
         if "decode" in secs:
             decode()
+        if "select" in secs:
+            select()
+        if "deterministic" in secs:
+            deterministic()
     finally:
         RESULTS["wall_s"] = round(time.time() - t0, 1)
-        from wmzoo.kernels.dmattn import triton_bwd, triton_fwd
-        for name, kern in (("fwd", triton_fwd.fwd_kernel), ("bwd_kv", triton_bwd.bwd_kv_kernel), ("bwd_q", triton_bwd.bwd_q_kernel)):
-            RESULTS[f"autotuned_{name}"] = {str(k): str(c) for k, c in getattr(kern, "cache", {}).items()}
+        from wmzoo.kernels.autotune import autotune_choices
+        RESULTS["autotune"] = {k: c for k, c in autotune_choices().items() if k.startswith("dmattn.")}
         with open(os.path.join(args.out, "bench_dmattn.json"), "w") as f:
             json.dump(RESULTS, f, indent=1)
     print_table()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call that re-checks the Triton kernels: GPU tests of SSD and DMAttn, then the DMAttn
 # decode timing, each with its own time limit so that one slow step cannot take the others'
-# results with it (limits add up to 540 s, under 10 minutes with the setup). Everything lands in
+# results with it (limits add up to 580 s with the selection step). Everything lands in
 # $OUT. The SSD benchmark needs calls of its own (bench_ssd.py --shapes / --sections).
 #
 #   device run (carry .whl with the anchors' wheels, see docs/benchmarks/ssd.md):
@@ -10,11 +10,14 @@
 # Times measured on the H200 (fourth session, first calls compile from scratch); tests run
 # verbose with a traceback dump after 120 s in one test (a cut step then shows where):
 # - SSD GPU tests: 7 tests in ~174 s (fifth session); 243 s in the sixth, when every autotuner
-#   had one more (register-capped, since dropped) config to compile and time. Limit 270 s.
+#   had one more (register-capped, since dropped) config to compile and time; 173 s on an H100
+#   (seventh session). Limit 250 s.
 # - DMAttn GPU tests: 6 tests in 134 s and 120 s (fourth, fifth sessions); 178 s with the capped
 #   configs. Limit 220 s. With them since the seventh session: the compiled varlen tables and
 #   the compiled packed Stack (tests/test_stack.py; ~35 s to compile on CPU), not yet timed here.
 # - bench_dmattn decode: well under the 50 s limit.
+# - bench_dmattn select (the window selection alone, every shape; eighth session): predicted
+#   seconds. Limit 60 s.
 # fla is left out: its first call autotuned for more than three minutes there.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
@@ -33,6 +36,8 @@ step() {  # step SECONDS LOG command...: run with a time limit, keep the log, pr
     grep -v "DEBUG\|Warning\|warnings.warn" "$log" | tail -25
 }
 
-step 270 "$OUT/ssd_tests.log" python3 -m pytest -v --durations=5 -o faulthandler_timeout=120 -m gpu tests/kernels/ssd tests/blocks/test_ssd_block.py -p no:cacheprovider
+step 250 "$OUT/ssd_tests.log" python3 -m pytest -v --durations=5 -o faulthandler_timeout=120 -m gpu tests/kernels/ssd tests/blocks/test_ssd_block.py -p no:cacheprovider
 step 220 "$OUT/dm_tests.log" python3 -m pytest -v --durations=5 -o faulthandler_timeout=120 -m gpu tests/kernels/dmattn tests/kernels/test_varlen_tables.py tests/test_stack.py -p no:cacheprovider
 step 50 "$OUT/dm/log" python3 benchmarks/bench_dmattn.py --out "$OUT/dm" --sections decode --quick
+mkdir -p "$OUT/sel"
+step 60 "$OUT/sel/log" python3 benchmarks/bench_dmattn.py --out "$OUT/sel" --sections select
