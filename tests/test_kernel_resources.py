@@ -34,7 +34,7 @@ def test_ssd_kernels_have_a_config_that_fits_the_h200_at_the_largest_tiles():
     one that fits: at the largest tiles the op takes (p 128, n 256, RoPE on) the first config
     of the SSD chunk kernels (one pipeline stage) must fit the H200's 227 KB. An earlier RoPE
     load form failed this at n 128 on the H200 in every config (docs/benchmarks/ssd.md run 8).
-    The forward and the two sweeps (first configs measured at 96, 112, 160 KB); the segment
+    The forward and the two sweeps (first configs measured at 128, 112, 160 KB); the segment
     kernels' first configs need 64 KB and are left out to keep this test to about two minutes
     (2 cores, no Triton cache)."""
     from wmzoo.kernels.ssd.triton_backend import MAX_N, MAX_P

@@ -34,8 +34,11 @@ from .triton_common import (
 # A one-stage config first: the autotuner drops configs whose pipelined loads do not fit in
 # shared memory but needs one that does (an earlier RoPE load form needed 270 KB at two stages at
 # n 128, over the H200's 227 KB, and every config failed; n goes up to 256), and the first config
-# is the one deterministic mode pins (kernels/autotune).
-@autotuned(configs(((4, 1), (4, 2), (8, 2), (4, 3))), key=TILE_KEY + ["WRITE_FINAL"])
+# is the one deterministic mode pins (kernels/autotune). 8 warps, not 4 (until the eighth
+# session): compiled for sm_90a at the benchmark's tiles it spills 0.5 / 1.4 KB per thread
+# without / with RoPE against 1.7 / 4.8 KB, the fewest of the list (not timed; spills do not
+# rank configs by speed, dmattn.md run 6), and 128 KB of shared memory at the largest tiles.
+@autotuned(configs(((8, 1), (4, 2), (8, 2), (4, 3))), key=TILE_KEY + ["WRITE_FINAL"])
 @triton.jit
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
