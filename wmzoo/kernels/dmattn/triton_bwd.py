@@ -24,7 +24,7 @@ from ..autotune import Autotuned
 from ..registry import INTERPRET
 from .triton_fwd import _tuned, load_full_rows, load_rows
 from .triton_layout import block_bounds
-from .triton_select import ranks_above
+from .triton_select import kept_by, load_thresholds
 
 
 @triton.jit
@@ -110,8 +110,7 @@ def _bwd_q_kernel(
     qk_scale = sm_scale * 1.4426950408889634
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if WINDOW:
-        th_idx = tl.load(theta_ptr + bi64 * s_thb + hk * s_thh + offs_m, mask=row_ok, other=-1)
-        th_b = tl.load(b_ptr + th_idx, mask=th_idx >= 0, other=float("-inf")).to(tl.float32)
+        th_idx, th_b = load_thresholds(theta_ptr + bi64 * s_thb + hk * s_thh, b_ptr, offs_m, row_ok)
         kept_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
         keptb_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
         # the list is packed at the front: min(w, keys before the block) entries
@@ -120,7 +119,7 @@ def _bwd_q_kernel(
             kj = tl.load(kept_ptr + slot, mask=slot < W, other=-1)
             col_ok = kj >= 0
             bj = tl.load(keptb_ptr + slot, mask=col_ok, other=0.0)
-            keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
+            keep = kept_by(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
             mask = keep & col_ok[None, :] & row_ok[:, None]
             dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
                              dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
@@ -148,7 +147,7 @@ def _bwd_q_kernel(
         mask = col_ok[None, :] & (kj[None, :] <= offs_m[:, None]) & row_ok[:, None]
         bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
         if WINDOW:
-            keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
+            keep = kept_by(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
             mask = mask & keep
         if EVEN and not WINDOW:  # rows past the end (last block only) read clamped, masked in P
             kj = tl.minimum(kj, end - 1)
@@ -188,11 +187,9 @@ def _bwd_kv_tile(dk, dv, db, k, v, bj, q_ptr, do_ptr, l_ptr, d_ptr, rows, row_ok
 
 @triton.jit
 def _kept(theta_ptr, b_ptr, rows, row_ok, key_bias, keys):
-    """[key, query] mask of the window: query i keeps key j iff theta_i is -1 (every causal key
-    kept), or j ranks at or above theta_i (the rank order of triton_select)."""
-    th_idx = tl.load(theta_ptr + rows, mask=row_ok, other=-1)
-    th_b = tl.load(b_ptr + th_idx, mask=th_idx >= 0, other=float("-inf")).to(tl.float32)
-    return (keys[:, None] == th_idx[None, :]) | ranks_above(key_bias[:, None], keys[:, None], th_b[None, :], th_idx[None, :])
+    """[key, query] mask of the window for the query ``rows`` (key-major tiles)."""
+    th_idx, th_b = load_thresholds(theta_ptr, b_ptr, rows, row_ok)
+    return kept_by(key_bias[:, None], keys[:, None], th_b[None, :], th_idx[None, :])
 
 
 @triton.jit

@@ -19,7 +19,7 @@ import triton.language as tl
 from ..autotune import Autotuned
 from ..registry import INTERPRET
 from .triton_layout import block_bounds
-from .triton_select import ranks_above
+from .triton_select import kept_by, load_thresholds
 
 
 @triton.jit
@@ -112,8 +112,7 @@ def _fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if WINDOW:
-        th_idx = tl.load(theta_ptr + bi64 * s_thb + hk * s_thh + offs_m, mask=row_ok, other=-1)
-        th_b = tl.load(b_ptr + th_idx, mask=th_idx >= 0, other=float("-inf")).to(tl.float32)
+        th_idx, th_b = load_thresholds(theta_ptr + bi64 * s_thb + hk * s_thh, b_ptr, offs_m, row_ok)
         kept_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
         keptb_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
         # the list is packed at the front: min(w, keys before the block) entries
@@ -122,7 +121,7 @@ def _fwd_kernel(
             kj = tl.load(kept_ptr + slot, mask=slot < W, other=-1)
             col_ok = kj >= 0
             bj = tl.load(keptb_ptr + slot, mask=col_ok, other=0.0)
-            keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
+            keep = kept_by(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, col_ok,
                                       keep & col_ok[None, :], s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
     elif EVEN:
@@ -146,7 +145,7 @@ def _fwd_kernel(
         mask = col_ok[None, :] & (kj[None, :] <= offs_m[:, None])
         bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
         if WINDOW:
-            keep = (kj[None, :] == th_idx[:, None]) | ranks_above(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
+            keep = kept_by(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
             mask = mask & keep
         if EVEN:  # rows past the end (last block only) are read clamped and masked in the logits
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, tl.minimum(kj, end - 1), col_ok,
@@ -171,5 +170,8 @@ def _tuned(kernel, configs: list[tuple[int, ...]], key: list[str]) -> Autotuned:
     return Autotuned(kernel, [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s) for n, w, s in configs], key)
 
 
+# BLOCK_M is fixed by the caller (the query-block layout and the window lists depend on it).
+# First: the H200's choice at B4 H16 T4096 D128 (dmattn.md run 6); 97 KB of shared memory at
+# head dim 256.
 fwd_kernel = _tuned(_fwd_kernel, [(32, 4, 1)] if INTERPRET else [(64, 8, 3), (128, 8, 3), (64, 4, 3), (128, 8, 2)],
                     key=["D", "G", "WINDOW", "VARLEN", "BLOCK_M"])

@@ -25,16 +25,13 @@ class BlockLayout:
     varlen: bool
     block_m: int
     n_blocks: int  # query blocks per batch row (the grid's first axis)
-    num_seqs: int
-    cu_seqlens: torch.Tensor  # int32 (num_seqs+1,), or a placeholder when not varlen
-    blk_start: torch.Tensor  # int32 (num_seqs+1,): first block of each sequence
     blk_info: torch.Tensor  # int32 (4, n_blocks): sequence start, sequence end, first query, sequence
 
 
 def block_layout(t: int, cu_seqlens: torch.Tensor | None, block_m: int, device) -> BlockLayout:
     if cu_seqlens is None:
         dummy = torch.zeros(1, dtype=torch.int32, device=device)
-        return BlockLayout(False, block_m, triton.cdiv(t, block_m), 1, dummy, dummy, dummy)
+        return BlockLayout(False, block_m, triton.cdiv(t, block_m), dummy)
     cu = cu_seqlens.to(torch.int32)
     num_seqs = cu.shape[0] - 1
     n_blocks = triton.cdiv(t, block_m) + num_seqs
@@ -49,7 +46,7 @@ def block_layout(t: int, cu_seqlens: torch.Tensor | None, block_m: int, device) 
     end = torch.where(real, cu[seq + 1], start)
     first = start + (blk - blk_start[seq]) * block_m
     info = torch.stack([start, end, torch.where(real, first, end), seq]).to(torch.int32).contiguous()
-    return BlockLayout(True, block_m, n_blocks, num_seqs, cu, blk_start.to(torch.int32), info)
+    return BlockLayout(True, block_m, n_blocks, info)
 
 
 @triton.jit

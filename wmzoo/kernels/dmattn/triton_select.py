@@ -51,6 +51,22 @@ def ranks_above(b1, i1, b2, i2):
 
 
 @triton.jit
+def load_thresholds(theta_ptr, b_ptr, rows, row_ok):
+    """theta of the query ``rows`` and the threshold keys' biases (-inf where theta is -1, so
+    that every key ranks above it: every causal key kept)."""
+    th_idx = tl.load(theta_ptr + rows, mask=row_ok, other=-1)
+    th_b = tl.load(b_ptr + th_idx, mask=th_idx >= 0, other=float("-inf")).to(tl.float32)
+    return th_idx, th_b
+
+
+@triton.jit
+def kept_by(key_b, key_i, th_b, th_i):
+    """The query whose threshold key is (th_b, th_i) keeps key (key_b, key_i): it is the
+    threshold key or ranks above it (broadcast by the caller; causality is the caller's)."""
+    return (key_i == th_i) | ranks_above(key_b, key_i, th_b, th_i)
+
+
+@triton.jit
 def _count_above(x_b, x_i, lst, lst_b, W, LOG: tl.constexpr):
     """Entries of the sorted list (rank descending, -1 padded at the end) ranking above each x."""
     lo = tl.zeros(x_i.shape, dtype=tl.int32)
