@@ -30,6 +30,7 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dmattn_bruteforce import bruteforce_dmattn, last_query_threshold  # noqa: E402
+from wmzoo.kernels.autotune import deterministic_mode  # noqa: E402
 from wmzoo.kernels.dmattn import DMAttnCache, dmattn, triton_backend  # noqa: E402
 from wmzoo.kernels.registry import direct_launches  # noqa: E402
 
@@ -58,6 +59,14 @@ def bench(name, fn, flops=None):
         RESULTS[name] = {"error": repr(e)[:300]}
     print(name, RESULTS[name], flush=True)
     return RESULTS[name].get("ms")
+
+
+def inputs(B, H, T, D):
+    q = torch.randn(B, T, H, D, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(B, T, H, D, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(B, T, H, D, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    bias = torch.randn(B, H, T, device=DEV, dtype=torch.float32, requires_grad=True)  # i.i.d.: unclustered
+    return q, k, v, bias
 
 
 def wmzoo_attn(q, k, v, bias, w):
@@ -114,10 +123,7 @@ def train(quick: bool, budget_s: float, t_start: float):
         torch._dynamo.reset()
         flex = torch.compile(flex_attention, dynamic=False)
         fl = 4 * B * H * T * T * D / 2  # causal fwd
-        q = torch.randn(B, T, H, D, device=DEV, dtype=torch.bfloat16, requires_grad=True)
-        k = torch.randn(B, T, H, D, device=DEV, dtype=torch.bfloat16, requires_grad=True)
-        v = torch.randn(B, T, H, D, device=DEV, dtype=torch.bfloat16, requires_grad=True)
-        bias = torch.randn(B, H, T, device=DEV, dtype=torch.float32, requires_grad=True)  # i.i.d.: unclustered
+        q, k, v, bias = inputs(B, H, T, D)
         do = torch.randn_like(q)
         qh, kh, vh = [x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v)]
         doh = do.transpose(1, 2).contiguous()
@@ -227,14 +233,6 @@ def decode():
     print("decode", RESULTS["decode_cache_bytes"], RESULTS["decode_match"], flush=True)
 
 
-def inputs(B, H, T, D):
-    q = torch.randn(B, T, H, D, device=DEV, dtype=torch.bfloat16, requires_grad=True)
-    k = torch.randn(B, T, H, D, device=DEV, dtype=torch.bfloat16, requires_grad=True)
-    v = torch.randn(B, T, H, D, device=DEV, dtype=torch.bfloat16, requires_grad=True)
-    bias = torch.randn(B, H, T, device=DEV, dtype=torch.float32, requires_grad=True)  # i.i.d.: unclustered
-    return q, k, v, bias
-
-
 def select():
     for (B, H, T, D) in SHAPES:
         tag = f"B{B}_H{H}_T{T}_D{D}"
@@ -253,11 +251,8 @@ def deterministic():
         for w in WINDOWS:
             run = lambda: dmattn(q, k, v, bias, keep_window=w).backward(do)  # noqa: E731
             bench(f"wmzoo_w{w}_fwdbwd_{tag}", run)
-            torch.use_deterministic_algorithms(True)
-            try:
+            with deterministic_mode():
                 bench(f"wmzoo_w{w}_fwdbwd_deterministic_{tag}", run)
-            finally:
-                torch.use_deterministic_algorithms(False)
 
 
 def main():
