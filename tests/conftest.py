@@ -65,8 +65,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def deterministic():
-    """torch.use_deterministic_algorithms(True) for one test, restored after it."""
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    """torch.use_deterministic_algorithms(True) (strict: a nondeterministic op raises) for one
+    test, restored after it."""
+    from wmzoo.kernels.autotune import deterministic_mode
+
+    with deterministic_mode(warn_only=False):
+        yield

@@ -68,16 +68,17 @@ def autotune_choices() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def deterministic_mode(on: bool = True):
-    """Repeatable runs (``--deterministic``): inside, torch's deterministic mode is on,
-    warn-only (an op without a deterministic implementation warns instead of stopping a long
-    run), with the cuBLAS workspace setting torch asks for (cuBLAS reads it when it starts: enter
-    before any CUDA work). Every wmzoo kernel runs pinned to its first config (module docstring).
-    The previous mode is restored on exit; ``on=False`` changes nothing."""
+def deterministic_mode(on: bool = True, warn_only: bool = True):
+    """Repeatable runs (``--deterministic``): inside, torch's deterministic mode is on, by
+    default warn-only (an op without a deterministic implementation warns instead of stopping a
+    long run; tests pass False), with the cuBLAS workspace setting torch asks for (cuBLAS reads
+    it when it starts: enter before any CUDA work). Every wmzoo kernel runs pinned to its first
+    config (module docstring). The previous mode is restored on exit; ``on=False`` changes
+    nothing."""
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
     try:
         yield
     finally:
