@@ -221,6 +221,15 @@ def decode():
     o_win = cache.attend(q)
     RESULTS["decode_cache_bytes"] = {"window": cache.memory_bytes(), "full": full.memory_bytes()}
     bench("decode_attend_bounded_w2048_64K", lambda: cache.attend(q))
+    # A whole decode step of the layer's cache: the new key enters (replace-lowest kernel), then
+    # the query attends. Measured after o_win: each call moves the cache one token on.
+    k1, v1, b1 = k[:, -1:].clone(), v[:, -1:].clone(), bias[..., -1:].clone()
+
+    def step():
+        cache.update(k1, v1, b1)
+        return cache.attend(q)
+
+    bench("decode_step_bounded_w2048_64K", step)
     o_full = triton_backend.decode(q, k, v, masked_bias, full_valid, scale)
     ref = F.scaled_dot_product_attention(q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float(),
                                          attn_mask=masked_bias[:, :, None, :]).transpose(1, 2)

@@ -70,14 +70,15 @@ class DMAttnCache:
         n = k.shape[1]
         check_tensor("v", v, shape=(b, n, hkv, d), dtypes=FLOAT_DTYPES, device=self.k.device)
         check_tensor("bias", bias, shape=(b, hkv, n), dtypes=FLOAT_DTYPES, device=self.k.device)
-        pos = torch.arange(self.length, self.length + n, device=self.k.device).expand(b, hkv, n)
         k, v, bias = k.to(self.k.dtype), v.to(self.v.dtype), bias.to(self.bias.dtype)
-        if self.keep_window is None or self.length + n <= self.keep_window:
-            self._append(k, v, bias, pos)  # nothing to evict yet: slots fill in order
-        elif n == 1 and self.length >= self.keep_window:
-            self._replace_lowest(k, v, bias, pos)
+        if n == 1 and self.keep_window is not None and self.length >= self.keep_window:
+            self._replace_lowest(k, v, bias)  # the decode step: no position tensor needed
         else:
-            self._merge_top(k, v, bias, pos)
+            pos = torch.arange(self.length, self.length + n, device=self.k.device).expand(b, hkv, n)
+            if self.keep_window is None or self.length + n <= self.keep_window:
+                self._append(k, v, bias, pos)  # nothing to evict yet: slots fill in order
+            else:
+                self._merge_top(k, v, bias, pos)
         self.length += n
 
     def _append(self, k, v, bias, pos) -> None:
@@ -96,9 +97,18 @@ class DMAttnCache:
         self.pos[:, :, start : start + n] = pos
         self.valid[:, :, start : start + n] = True
 
-    def _replace_lowest(self, k, v, bias, pos) -> None:
+    def _replace_lowest(self, k, v, bias) -> None:
         """One new key into a full window: it takes the slot of the lowest-ranked cached key iff
-        it ranks above it (bias >= that bias: on a tie the newer key wins). In place, O(w)."""
+        it ranks above it (bias >= that bias: on a tie the newer key wins). In place, O(w); one
+        Triton launch where Triton runs, else the torch ops below."""
+        def kernel():
+            with direct_launches():
+                triton_backend.replace_lowest(self.k, self.v, self.bias, self.pos, k, v, bias, self.length)
+
+        triton_or_reference((k, self.k), triton_backend and kernel, lambda: self._replace_lowest_torch(k, v, bias))
+
+    def _replace_lowest_torch(self, k, v, bias) -> None:
+        pos = torch.full_like(bias, self.length, dtype=torch.int64)
         low_bias = self.bias.amin(-1, keepdim=True)  # (b, hkv, 1)
         # the oldest among the keys of lowest bias is the lowest-ranked one
         oldest = torch.where(self.bias == low_bias, self.pos, torch.iinfo(torch.int64).max)

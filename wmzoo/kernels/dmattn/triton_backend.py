@@ -20,7 +20,7 @@ from .triton_bwd import (
     bwd_kv_kernel_varlen,
     bwd_q_kernel,
 )
-from .triton_decode import _decode_kernel, _merge_kernel
+from .triton_decode import _decode_kernel, _merge_kernel, _replace_lowest_kernel
 from .triton_fwd import fwd_kernel
 from .triton_layout import block_layout
 from .triton_select import select_window
@@ -214,3 +214,24 @@ def decode(q, k_cache, v_cache, bias_cache, valid, scale):
         BLOCK_S=max(2, triton.next_power_of_2(n_split)), BLOCK_D=block_d, num_warps=4,
     )
     return out
+
+
+REPLACE_BLOCK_S = 1024  # slots per step of replace_lowest's scan (a test sets fewer: several steps)
+
+
+def replace_lowest(k_cache, v_cache, bias_cache, pos_cache, k, v, bias, position: int) -> None:
+    """In place: each (batch, kv head)'s lowest-ranked cached key gives its slot to the new key
+    k, v (b, 1, hkv, d), bias (b, hkv, 1) at ``position`` iff the new key ranks above it.
+    Caches as DMAttnCache holds them (every slot filled); one launch."""
+    b, s, hkv, d = k_cache.shape
+    for name, t in (("k cache", k_cache), ("v cache", v_cache), ("bias cache", bias_cache), ("positions", pos_cache)):
+        if t.stride(-1) != 1:  # the caches are made and replaced whole by DMAttnCache: never
+            raise Unsupported(f"{name}: last-dim stride {t.stride(-1)} (the kernel takes 1)")
+    k, v = _rows(k), _rows(v)
+    launch(_replace_lowest_kernel)[(b * hkv,)](
+        k_cache, v_cache, bias_cache, pos_cache, k, v, bias, position,
+        s, d, hkv,
+        *k_cache.stride()[:3], *v_cache.stride()[:3], *bias_cache.stride()[:2], *pos_cache.stride()[:2],
+        k.stride(0), k.stride(2), v.stride(0), v.stride(2), bias.stride(0), bias.stride(1),
+        BLOCK_S=min(REPLACE_BLOCK_S, triton.next_power_of_2(s)), BLOCK_D=max(16, triton.next_power_of_2(d)), num_warps=4,
+    )

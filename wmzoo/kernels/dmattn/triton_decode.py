@@ -84,3 +84,53 @@ def _merge_kernel(
     bi = pid // H
     hq = pid % H
     tl.store(o_ptr + bi.to(tl.int64) * s_ob + hq * s_oh + offs_d, o.to(o_ptr.dtype.element_ty), mask=offs_d < D)
+
+
+# position: never specialized (it equals 1 for a one-key window, which would make it a constexpr)
+@triton.jit(do_not_specialize=["position"])
+def _replace_lowest_kernel(
+    k_ptr, v_ptr, bias_ptr, pos_ptr, new_k_ptr, new_v_ptr, new_bias_ptr, position,
+    S, D, HKV,
+    s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_bb, s_bh, s_pb, s_ph,
+    s_nkb, s_nkh, s_nvb, s_nvh, s_nbb, s_nbh,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One decode step's cache update for a full window, one program per (batch, kv head): find
+    the lowest-ranked cached key (lowest bias, the oldest among equal biases) and overwrite its
+    slot with the new key iff the new key ranks above it (bias >= that bias: on a tie the newer
+    key wins). The same rule as cache.DMAttnCache._replace_lowest, in one launch instead of a
+    dozen small torch ops (decode is bound by host time per call)."""
+    pid = tl.program_id(0)
+    bi = (pid // HKV).to(tl.int64)
+    hk = pid % HKV
+    bias_row = bias_ptr + bi * s_bb + hk * s_bh
+    pos_row = pos_ptr + bi * s_pb + hk * s_ph
+    far = 9223372036854775807  # int64 max: above every position
+    # The running lowest key: start from slot 0 and let the scan (which sees slot 0 again) move on.
+    low_b = tl.load(bias_row)
+    low_p = tl.load(pos_row)
+    low_slot = pid * 0
+    for start in range(0, S, BLOCK_S):
+        offs = start + tl.arange(0, BLOCK_S)
+        ok = offs < S
+        b = tl.load(bias_row + offs, mask=ok, other=float("inf"))
+        p = tl.load(pos_row + offs, mask=ok, other=far)
+        tile_b = tl.min(b, axis=0)
+        tile_p = tl.min(tl.where(ok & (b == tile_b), p, far), axis=0)
+        # positions are unique, so exactly one slot holds (tile_b, tile_p)
+        tile_slot = tl.min(tl.where(ok & (b == tile_b) & (p == tile_p), offs, S), axis=0)
+        lower = (tile_b < low_b) | ((tile_b == low_b) & (tile_p < low_p))
+        low_b = tl.where(lower, tile_b, low_b)
+        low_p = tl.where(lower, tile_p, low_p)
+        low_slot = tl.where(lower, tile_slot, low_slot)
+    new_b = tl.load(new_bias_ptr + bi * s_nbb + hk * s_nbh)
+    enters = new_b >= low_b
+    tl.store(bias_row + low_slot, new_b, mask=enters)
+    tl.store(pos_row + low_slot, position.to(tl.int64), mask=enters)
+    offs_d = tl.arange(0, BLOCK_D)
+    row = offs_d < tl.where(enters, D, 0)  # (a scalar & a vector fails in triton 3.7's interpreter)
+    kv_slot = low_slot.to(tl.int64)
+    new_k = tl.load(new_k_ptr + bi * s_nkb + hk * s_nkh + offs_d, mask=row)
+    new_v = tl.load(new_v_ptr + bi * s_nvb + hk * s_nvh + offs_d, mask=row)
+    tl.store(k_ptr + bi * s_kb + kv_slot * s_kt + hk * s_kh + offs_d, new_k.to(k_ptr.dtype.element_ty), mask=row)
+    tl.store(v_ptr + bi * s_vb + kv_slot * s_vt + hk * s_vh + offs_d, new_v.to(v_ptr.dtype.element_ty), mask=row)
