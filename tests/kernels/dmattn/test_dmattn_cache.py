@@ -144,29 +144,23 @@ def test_bad_input_errors():
         cache.attend(torch.randn(2, 1, 3, 8))
 
 
-@pytest.mark.interpret
-@pytest.mark.parametrize("w,scan_tile", [(6, None), (6, 2), (None, None)])
-def test_triton_decode_path_matches_float64_rows(w, scan_tile, monkeypatch):
-    """Under the interpreter attend runs the Triton decode kernel over the cache's unordered,
-    partly empty slots, and once the window is full each update runs the replace-lowest kernel
-    (biases rounded to integers: ties in the lowest bias). Each step the cache must hold exactly
-    the Python-sorted top-w keys, and each row is checked against a float64 softmax over them."""
-    if scan_tile:  # the lowest key found over several tiles of slots, not one
-        from wmzoo.kernels.dmattn import triton_backend
-
-        monkeypatch.setattr(triton_backend, "REPLACE_BLOCK_S", scan_tile)
+def check_triton_decode_path(w, device):
+    """Token by token through the Triton decode path: after every update the cache must hold
+    exactly the Python-sorted top-w keys (with their k, v rows), and each output row must match
+    a float64 softmax over them. Biases are rounded to integers: ties in the lowest bias."""
     q, k, v, bias = make(2, 41, 4, 2, 24, dtype=torch.float32, seed=12)
-    cache = DMAttnCache.empty(2, 2, 24, keep_window=w, dtype=torch.float32)
+    cache = DMAttnCache.empty(2, 2, 24, keep_window=w, dtype=torch.float32, device=device)
     for i in range(41):
-        cache.update(k[:, i : i + 1], v[:, i : i + 1], bias[:, :, i : i + 1])
+        cache.update(k[:, i : i + 1].to(device), v[:, i : i + 1].to(device), bias[:, :, i : i + 1].to(device))
+        pos, valid, ck, cv = (z.cpu() for z in (cache.pos, cache.valid, cache.k, cache.v))
         for bi in range(2):
             for n in range(2):
-                held = cache.pos[bi, n][cache.valid[bi, n]].tolist()
+                held = pos[bi, n][valid[bi, n]].tolist()
                 assert set(held) == top_w_positions(bias[bi, n].tolist(), i, w), (bi, n, i)
                 slots = [held.index(j) for j in sorted(held)]  # each kept key's k, v rows moved with it
-                assert torch.equal(cache.k[bi, slots, n], k[bi, sorted(held), n])
-                assert torch.equal(cache.v[bi, slots, n], v[bi, sorted(held), n])
-        o = cache.attend(q[:, i : i + 1])
+                assert torch.equal(ck[bi, slots, n], k[bi, sorted(held), n])
+                assert torch.equal(cv[bi, slots, n], v[bi, sorted(held), n])
+        o = cache.attend(q[:, i : i + 1].to(device)).cpu()
         ref = torch.empty(2, 1, 4, 24, dtype=torch.float64)
         for bi in range(2):
             for m in range(4):
@@ -175,3 +169,21 @@ def test_triton_decode_path_matches_float64_rows(w, scan_tile, monkeypatch):
                 s = k[bi, keys, n].double() @ q[bi, i, m].double() * 24**-0.5 + bias[bi, n, keys].double()
                 ref[bi, 0, m] = torch.softmax(s, 0) @ v[bi, keys, n].double()
         assert_close(o, ref, torch.float32, f"decode row {i}")
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("w,scan_tile", [(6, None), (6, 2), (None, None)])
+def test_triton_decode_path_matches_float64_rows(w, scan_tile, monkeypatch):
+    """Under the interpreter: attend runs the Triton decode kernel over the cache's unordered,
+    partly empty slots, and once the window is full each update runs the replace-lowest kernel."""
+    if scan_tile:  # the lowest key found over several tiles of slots, not one
+        from wmzoo.kernels.dmattn import triton_backend
+
+        monkeypatch.setattr(triton_backend, "REPLACE_BLOCK_S", scan_tile)
+    check_triton_decode_path(w, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("w", [6, None])
+def test_gpu_decode_path_matches_float64_rows(w):
+    check_triton_decode_path(w, "cuda")
