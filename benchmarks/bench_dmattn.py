@@ -230,6 +230,9 @@ def decode():
         return cache.attend(q)
 
     bench("decode_step_bounded_w2048_64K", step)
+    # The update alone: the replace-lowest kernel against the torch ops it replaced.
+    bench("decode_update_kernel_w2048", lambda: cache.update(k1, v1, b1))
+    bench("decode_update_torch_w2048", lambda: cache._replace_lowest_torch(k1, v1, b1))
     o_full = triton_backend.decode(q, k, v, masked_bias, full_valid, scale)
     ref = F.scaled_dot_product_attention(q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float(),
                                          attn_mask=masked_bias[:, :, None, :]).transpose(1, 2)
