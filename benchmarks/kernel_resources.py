@@ -99,6 +99,7 @@ def resources(autotuned, const: dict, arch: int) -> list[tuple[str, str]]:
 
 def ssd_cases():
     from wmzoo.kernels.ssd.triton_bwd import (
+        _ssd_bwd_chunk_local,
         _ssd_bwd_forward_sweep,
         _ssd_bwd_reverse_sweep,
     )
@@ -110,6 +111,7 @@ def ssd_cases():
         yield f"SSD forward, {tag}", _ssd_fwd_kernel, dict(tiles, ROPE=rope, HAS_D=True, HAS_H0=False, WRITE_FINAL=True)
         yield f"SSD backward forward sweep, {tag}", _ssd_bwd_forward_sweep, dict(
             tiles, ROPE=rope, HAS_DFINAL=False, HAS_H0=False)
+        yield f"SSD backward chunk-local terms, {tag}", _ssd_bwd_chunk_local, dict(tiles, ROPE=rope)
         yield f"SSD backward reverse sweep, {tag}", _ssd_bwd_reverse_sweep, dict(
             tiles, ROPE=rope, HAS_DFINAL=False, HAS_D=True)
 

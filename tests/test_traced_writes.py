@@ -135,6 +135,7 @@ def test_ssd_kernels_are_seen_writing_their_outputs(hopper, monkeypatch):
     expected = {
         "_ssd_fwd_kernel": {"y_ptr", "final_ptr"},
         "_ssd_bwd_forward_sweep": {"dC_ptr", "cdc_ptr", "dff_ptr"},
+        "_ssd_bwd_chunk_local": {"dBl_ptr", "dxdl_ptr", "dgl_ptr"},
         "_ssd_bwd_reverse_sweep": {"dx_ptr", "ddt_ptr", "dB_ptr", "dA_ptr", "dD_ptr", "dh0_ptr"},
         "_unrotate_kernel": {"d_ptr"},  # RoPE's transpose, in place on the summed dB~ and dC~
     }

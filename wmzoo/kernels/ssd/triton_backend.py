@@ -5,9 +5,11 @@ lists and return tuples, see op.py) and ``warmup``. Inputs the kernels cannot ta
 No host syncs: sequence boundaries are read from ``cu_seqlens`` inside the kernels, and every
 branch here depends on shapes and dtypes only. With fewer (sequence, head) programs than SMs,
 each sequence is cut into segments that run in parallel (``segments``, triton_segments). The
-backward's kernels write dB~ and dC~ (gradients w.r.t. the rotated B, C) per head; with g < h,
-summing each group's heads is a torch op after them (fp32 per-head buffers), with g = h they
-write in place; with RoPE, one elementwise kernel then turns them back (RoPE's transpose).
+backward runs the forward sweep, then the chunk-local kernel over all chunks at once, then the
+reverse sweep, which adds the state terms to the local ones (triton_bwd). They write dB~ and dC~
+(gradients w.r.t. the rotated B, C) per head; with g < h, summing each group's heads is a torch
+op after them (fp32 per-head buffers), with g = h they write in place; with RoPE, one
+elementwise kernel then turns them back (RoPE's transpose).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 import triton
 
 from ..registry import Unsupported, empty_like_none, launch
-from .triton_bwd import _ssd_bwd_forward_sweep, _ssd_bwd_reverse_sweep
+from .triton_bwd import _ssd_bwd_chunk_local, _ssd_bwd_forward_sweep, _ssd_bwd_reverse_sweep
 from .triton_common import DOT_BF16, DOT_FP16, DOT_IEEE, _unrotate_kernel
 from .triton_fwd import _ssd_fwd_kernel
 from .triton_segments import (
@@ -130,6 +132,18 @@ def segments(programs: int, device: torch.device) -> int:
 
 
 FORCE_SEGMENTS = 0  # > 0: that many segments everywhere (tests of the segmented path on CPU)
+
+# The backward's chunk-local kernel: its programs take runs of chunks of one sequence (no state
+# between them), enough runs for about LOCAL_PROGRAMS programs, several per SM.
+LOCAL_PROGRAMS = 4096
+MAX_LOCAL_PIECES = 64
+
+
+def local_pieces(programs: int, device: torch.device) -> int:
+    """Runs of chunks per sequence for the chunk-local kernel over ``programs`` (sequence, head)."""
+    if FORCE_SEGMENTS or device.type != "cuda":
+        return max(1, FORCE_SEGMENTS)  # CPU: the interpreter is fastest with few programs
+    return int(min(MAX_LOCAL_PIECES, max(1, triton.cdiv(LOCAL_PROGRAMS, programs))))
 
 
 def _segment_states(x, dt, A, B, initial_state, cu_seqlens, cos, sin, half, seqs, segs, chunk_size, tiles):
@@ -249,12 +263,25 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
     dx = _output(x, varlen)
     ddt = _output(dt, varlen)
     dB_heads = _grad_buffer(B, h, varlen)
+    # In-chunk terms first, all chunks in parallel, in fp32 buffers of their own (never aliased
+    # with the outputs: a traced graph sees each kernel's writes separately); the reverse sweep
+    # adds the state terms. Only rows of sequences are written and read.
+    dB_local = x.new_empty(b * t, h, n, dtype=torch.float32)
+    dxd_local = x.new_empty(b * t, h, p, dtype=torch.float32)
+    dG_local = x.new_empty(b * t, h, dtype=torch.float32)
+    pieces = local_pieces(seqs * h, x.device)
+    launch(_ssd_bwd_chunk_local)[(seqs * pieces, h)](
+        dy, x, dt, A, B, C, cu, cos, sin,
+        dB_local, dxd_local, dG_local,
+        t, h, g, p, n, half, pieces,
+        HAS_CU=varlen, **common,
+    )
     dA_part = x.new_empty(seqs * segs, h, dtype=torch.float32)
     dD_part = x.new_empty(seqs * segs, h, dtype=torch.float32)
     dh0 = x.new_empty(seqs, h, p, n, dtype=torch.float32)
     launch(_ssd_bwd_reverse_sweep)[grid](
         dy, A if ends is None else ends, x, dt, A, B, C, A if D is None else D, cu, cos, sin,
-        c_dc, carry if segs > 1 else d_final,
+        c_dc, carry if segs > 1 else d_final, dB_local, dxd_local, dG_local,
         dx, ddt, dB_heads, dA_part, dD_part, dh0,
         t, h, g, p, n, half, segs,
         HAS_DFINAL=ends is not None, HAS_D=D is not None, HAS_CU=varlen,

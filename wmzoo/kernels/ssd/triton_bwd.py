@@ -6,10 +6,15 @@ rotated B / C, S the state entering a chunk, dS the gradient of the state leavin
 ``_ssd_bwd_forward_sweep`` (chunks in order, recomputing S):
     dC~_t = sum_{s<=t} exp(Lam_t - Lam_s) (dy_t . xd_s) B~_s + exp(Lam_t) dy_t^T S
   and writes C~_t . dC~_t, plus <dfinal, final> per (sequence, head).
-``_ssd_bwd_reverse_sweep`` (chunks in reverse, carrying dS):
+``_ssd_bwd_chunk_local`` (every chunk independently, many programs per SM) and
+``_ssd_bwd_reverse_sweep`` (chunks in reverse, carrying dS) together:
     dxd_s = sum_{t>=s} exp(Lam_t - Lam_s) (C~_t . B~_s) dy_t + exp(Lam_Q - Lam_s) dS B~_s
     dB~_s = sum_{t>=s} exp(Lam_t - Lam_s) (dy_t . xd_s) C~_t + exp(Lam_Q - Lam_s) dS^T xd_s
     dS   <- exp(Lam_Q) dS + sum_t exp(Lam_t) dy_t C~_t^T      (dS at the start = d initial_state)
+The sums over t in the chunk (and W's row and column sums, below) need no state: the local
+kernel computes them and writes them in fp32, and the sweep adds the terms with dS. The sweep is
+a chain of dependent steps with one program per SM (latency-bound, docs/benchmarks/NOTES.md);
+taking the local work off it leaves each step 5 of its 9 products.
 The decays: with G_t the cumulative log decay over the whole sequence, the loss depends on G
 only through exp(G_t - G_s) and exp(G_t) factors, which gives
     dL/dG_t = C~_t . dC~_t - B~_t . dB~_t  (+ <dfinal, final> at the last token),
@@ -110,11 +115,51 @@ def _ssd_bwd_forward_sweep(
     tl.store(dff_ptr + k * H + head, tl.sum(tl.sum(f * s, axis=1), axis=0))
 
 
+@autotuned(configs(((4, 1), (4, 2), (8, 1))), key=TILE_KEY)
+@triton.jit
+def _ssd_bwd_chunk_local(
+    dy_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cu_ptr, cos_ptr, sin_ptr,
+    dBl_ptr, dxdl_ptr, dgl_ptr,
+    T, H, G, P, N, HALF, SEGS,
+    HAS_CU: tl.constexpr, ROPE: tl.constexpr,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
+):
+    """The reverse sweep's in-chunk terms, fp32 per (token, head): dB~ and dxd through the
+    chunk's own tokens, and W's column sums minus row sums (dL/dG's in-chunk part). Programs
+    (sequence x SEGS + piece, head) each take a run of chunks; no chunk depends on another."""
+    k = tl.program_id(0)
+    head = tl.program_id(1)
+    steps = tl.arange(0, Q)
+    start, end, c0, c1 = program_chunks(cu_ptr, k, T, Q, SEGS, HAS_CU)
+    group = head // (H // G)
+    A = tl.load(A_ptr + head).to(tl.float32)
+    Bg = B_ptr + group * N
+    Cg = C_ptr + group * N
+    # [s, t] orientation, operands swapped rather than transposed results (ssd.md run 11).
+    causal_t = steps[:, None] <= steps[None, :]  # [s, t]: t >= s
+    for c in range(c0, c1):
+        rows = start + c * Q + steps
+        row_mask = rows < end
+        dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
+        x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
+        dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
+        decay_t = tl.exp(tl.where(causal_t, lam[None, :] - lam[:, None], float("-inf")))  # [s, t]
+        dyxd_t = mm(x, tl.trans(dy), DOT) * (dt[:, None] * decay_t)  # [s, t] = (dy_t . xd_s) decay
+        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
+        scores_t = mm(b, tl.trans(c_t), DOT)  # [s, t] = B~_s . C~_t
+        store_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, N, mm(dyxd_t, c_t, DOT), NB)
+        store_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, mm(scores_t * decay_t, dy, DOT), BLOCK_P)
+        # W[t, s] = (dy_t . xd_s)(C~_t . B~_s) decay_ts, all fp32: row sums minus column sums of
+        # the same matrix, so its pairs cancel exactly in dA.
+        w_t = dyxd_t * scores_t  # W^T [s, t]
+        tl.store(dgl_ptr + rows * H + head, tl.sum(w_t, axis=0) - tl.sum(w_t, axis=1), mask=row_mask)
+
+
 @autotuned(configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
 @triton.jit
 def _ssd_bwd_reverse_sweep(
     dy_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, cu_ptr, cos_ptr, sin_ptr,
-    cdc_ptr, dff_ptr,
+    cdc_ptr, dff_ptr, dBl_ptr, dxdl_ptr, dgl_ptr,
     dx_ptr, ddt_ptr, dB_ptr, dA_ptr, dD_ptr, dh0_ptr,
     T, H, G, P, N, HALF, SEGS,
     HAS_DFINAL: tl.constexpr, HAS_D: tl.constexpr, HAS_CU: tl.constexpr,
@@ -139,10 +184,6 @@ def _ssd_bwd_reverse_sweep(
     da_carry = tl.load(dff_ptr + k * H + head)
     dA_acc = 0.0
     dD_acc = 0.0
-    # Every [s, t] matrix below is computed in that orientation (operands swapped) rather than
-    # transposed from a [t, s] product: that compiles with about a quarter fewer spills and ran
-    # 8.8% faster forward+backward (docs/benchmarks/ssd.md run 11).
-    causal_t = steps[:, None] <= steps[None, :]  # [s, t]: t >= s
 
     for i in range(0, c1 - c0):
         rows = start + (c1 - 1 - i) * Q + steps
@@ -150,23 +191,17 @@ def _ssd_bwd_reverse_sweep(
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
-        decay_t = tl.exp(tl.where(causal_t, lam[None, :] - lam[:, None], float("-inf")))  # [s, t]
         to_end = tl.exp(lam_end - lam)[:, None]
         dt_to_end = dt[:, None] * to_end  # xd dS = dt (x dS): x is exact in the half type
-        dyxd_t = mm(x, tl.trans(dy), DOT) * (dt[:, None] * decay_t)  # [s, t] = (dy_t . xd_s) decay
         b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
-        scores_t = mm(b, tl.trans(c_t), DOT)  # [s, t] = B~_s . C~_t
         from_state = mm(b, tl.trans(ds), DOT)  # dS B~_s, for dxd
         sb = dt_to_end * mm_split_b(x, ds, DOT)
         b_db = tl.sum(b * sb, axis=1)
-        store_cols(dBh, H * N, rows, row_mask, 0, N, mm(dyxd_t, c_t, DOT) + sb, NB)
-        dxd = mm(scores_t * decay_t, dy, DOT) + to_end * from_state
-
-        # In-chunk part of dL/dG from W[t, s] = (dy_t . xd_s)(C~_t . B~_s) decay_ts, all fp32:
-        # row sums minus column sums of the same matrix, so its pairs cancel exactly.
-        w_t = dyxd_t * scores_t  # W^T [s, t]
+        # plus the in-chunk terms (_ssd_bwd_chunk_local), each loaded where it is used
+        store_cols(dBh, H * N, rows, row_mask, 0, N, load_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, N, NB) + sb, NB)
+        dxd = load_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P) + to_end * from_state
         dG = tl.load(cdc_ptr + rows * H + head, mask=row_mask, other=0.0) - b_db
-        dG += tl.sum(w_t, axis=0) - tl.sum(w_t, axis=1)
+        dG += tl.load(dgl_ptr + rows * H + head, mask=row_mask, other=0.0)
         da = da_carry + tl.cumsum(dG, axis=0, reverse=True)
         da_carry += tl.sum(dG, axis=0)
         dx = dxd * dt[:, None]
