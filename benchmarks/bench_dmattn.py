@@ -108,6 +108,22 @@ def correctness():
         err = max(err, ((o[:, s0:s1].float() - r).norm() / r.norm()).item())
     RESULTS["correct_varlen"] = {"ok": err < 2e-2, "o": err}
     print("correct varlen", err, flush=True)
+    # deterministic mode with a window: the key-major windowed backward and dq without atomics,
+    # against the brute force, and two runs bit for bit
+    b, h, hkv, t, d, w = 2, 8, 4, 1000, 128, 100
+    q, k, v = (torch.randn(b, t, n, d, device=DEV, dtype=torch.bfloat16, requires_grad=True) for n in (h, hkv, hkv))
+    bias = (torch.randn(b, hkv, t, device=DEV) * 2).round().requires_grad_()
+    do = torch.randn(b, t, h, d, device=DEV, dtype=torch.bfloat16)
+    with deterministic_mode():
+        runs = [(o := wmzoo_attn(q, k, v, bias, w), *torch.autograd.grad(o, (q, k, v, bias), do)) for _ in range(2)]
+    leaves = [x.detach().float().requires_grad_() for x in (q, k, v, bias)]
+    ref = bruteforce_dmattn(*leaves, w)
+    want = (ref, *torch.autograd.grad(ref, leaves, do.float()))
+    errs = {n: ((a.float() - r).norm() / r.norm()).item() for n, a, r in zip(("o", "dq", "dk", "dv", "dbias"), runs[0], want)}
+    same = all(torch.equal(a, c) for a, c in zip(*runs))
+    RESULTS["correct_deterministic_w100"] = {"ok": same and all(e < 2e-2 for e in errs.values()), "bitwise": same,
+                                             **{n: float(f"{e:.2e}") for n, e in errs.items()}}
+    print("correct deterministic", RESULTS["correct_deterministic_w100"], flush=True)
 
 
 def train(quick: bool, budget_s: float, t_start: float):
@@ -230,6 +246,15 @@ def decode():
         return cache.attend(q)
 
     bench("decode_step_bounded_w2048_64K", step)
+    # The update kernel against the torch ops it replaced, on copies of one cache state: equal.
+    twins = [DMAttnCache(*(z.clone() for z in (cache.k, cache.v, cache.bias, cache.pos, cache.valid)),
+                         W, cache.length) for _ in range(2)]
+    k2, v2, b2 = torch.randn_like(k1), torch.randn_like(v1), torch.randn_like(b1) + 3  # most enter
+    twins[0].update(k2, v2, b2)
+    twins[1]._replace_lowest_torch(k2, v2, b2)
+    RESULTS["decode_update_kernel_equals_torch"] = all(
+        torch.equal(getattr(twins[0], f), getattr(twins[1], f)) for f in ("k", "v", "bias", "pos", "valid"))
+    print("decode update kernel == torch ops:", RESULTS["decode_update_kernel_equals_torch"], flush=True)
     # The update alone: the replace-lowest kernel against the torch ops it replaced.
     bench("decode_update_kernel_w2048", lambda: cache.update(k1, v1, b1))
     bench("decode_update_torch_w2048", lambda: cache._replace_lowest_torch(k1, v1, b1))
