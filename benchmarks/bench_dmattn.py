@@ -307,10 +307,10 @@ def main():
     try:
         if "correct" in secs:
             correctness()
+        if "decode" in secs:  # before train: short, and not lost if a time limit cuts train
+            decode()
         if "train" in secs:
             train(args.quick, args.budget_s, t0)
-        if "decode" in secs:
-            decode()
         if "select" in secs:
             select()
         if "deterministic" in secs:
