@@ -43,7 +43,6 @@ from .triton_common import (
     TILE_KEY,
     chunk_decays,
     configs,
-    head_program,
     load_cols,
     load_rotated,
     load_state,
@@ -51,6 +50,7 @@ from .triton_common import (
     mm_split_a,
     mm_split_b,
     operand,
+    program_chunks,
     store_cols,
     store_state,
 )
@@ -83,7 +83,11 @@ def _ssd_bwd_forward_sweep(
     head = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_P)
     steps = tl.arange(0, Q)
-    start, end, c0, c1, A, Bg, Cg = head_program(cu_ptr, A_ptr, B_ptr, C_ptr, k, head, T, H, G, N, Q, SEGS, HAS_CU)
+    start, end, c0, c1 = program_chunks(cu_ptr, k, T, Q, SEGS, HAS_CU)
+    group = head // (H // G)
+    A = tl.load(A_ptr + head).to(tl.float32)
+    Bg = B_ptr + group * N
+    Cg = C_ptr + group * N
     dCh = dC_ptr + head * N  # dC~ per head: (tokens, h, n)
     s = load_state(h0_ptr, k, head, H, P, N, offs_p, HAS_H0, BLOCK_P, NB)
     causal = steps[:, None] >= steps[None, :]
@@ -126,7 +130,11 @@ def _ssd_bwd_chunk_local(
     k = tl.program_id(0)
     head = tl.program_id(1)
     steps = tl.arange(0, Q)
-    start, end, c0, c1, A, Bg, Cg = head_program(cu_ptr, A_ptr, B_ptr, C_ptr, k, head, T, H, G, N, Q, SEGS, HAS_CU)
+    start, end, c0, c1 = program_chunks(cu_ptr, k, T, Q, SEGS, HAS_CU)
+    group = head // (H // G)
+    A = tl.load(A_ptr + head).to(tl.float32)
+    Bg = B_ptr + group * N
+    Cg = C_ptr + group * N
     # [s, t] orientation, operands swapped rather than transposed results (ssd.md run 11).
     causal_t = steps[:, None] <= steps[None, :]  # [s, t]: t >= s
     for c in range(c0, c1):
@@ -162,7 +170,11 @@ def _ssd_bwd_reverse_sweep(
     head = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_P)
     steps = tl.arange(0, Q)
-    start, end, c0, c1, A, Bg, Cg = head_program(cu_ptr, A_ptr, B_ptr, C_ptr, k, head, T, H, G, N, Q, SEGS, HAS_CU)
+    start, end, c0, c1 = program_chunks(cu_ptr, k, T, Q, SEGS, HAS_CU)
+    group = head // (H // G)
+    A = tl.load(A_ptr + head).to(tl.float32)
+    Bg = B_ptr + group * N
+    Cg = C_ptr + group * N
     dBh = dB_ptr + head * N  # dB~ per head: (tokens, h, n)
     ds = load_state(dfinal_ptr, k, head, H, P, N, offs_p, HAS_DFINAL, BLOCK_P, NB)
     if HAS_D:

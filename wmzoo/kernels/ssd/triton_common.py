@@ -115,17 +115,6 @@ def program_chunks(cu_ptr, k, T, Q: tl.constexpr, SEGS, HAS_CU: tl.constexpr):
 
 
 @triton.jit
-def head_program(cu_ptr, A_ptr, B_ptr, C_ptr, k, head, T, H, G, N, Q: tl.constexpr, SEGS,
-                 HAS_CU: tl.constexpr):
-    """What every chunked kernel's program (k, head) starts from: its token range and chunks
-    (program_chunks), its head's decay rate A (fp32) and its group's columns of B and C."""
-    start, end, c0, c1 = program_chunks(cu_ptr, k, T, Q, SEGS, HAS_CU)
-    group = head // (H // G)
-    A = tl.load(A_ptr + head).to(tl.float32)
-    return start, end, c0, c1, A, B_ptr + group * N, C_ptr + group * N
-
-
-@triton.jit
 def chunk_decays(dt_ptr, rows, row_mask, H, head, A):
     """dt of a chunk's rows (0 past the sequence end: no decay, no input) and its log decays:
     Lam_t = a_1 + ... + a_t with a = dt A, and Lam_Q."""

@@ -22,11 +22,11 @@ from .triton_common import (
     TILE_KEY,
     chunk_decays,
     configs,
-    head_program,
     load_cols,
     load_rotated,
     load_state,
     mm,
+    program_chunks,
     store_state,
 )
 
@@ -52,8 +52,12 @@ def _ssd_fwd_kernel(
     head = tl.program_id(1)
     offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     steps = tl.arange(0, Q)
-    start, end, c0, c1, A, Bg, Cg = head_program(cu_ptr, A_ptr, B_ptr, C_ptr, k, head, T, H, G, N, Q, SEGS, HAS_CU)
+    start, end, c0, c1 = program_chunks(cu_ptr, k, T, Q, SEGS, HAS_CU)
+    group = head // (H // G)
+    A = tl.load(A_ptr + head).to(tl.float32)
     p_mask = offs_p < P
+    Bg = B_ptr + group * N
+    Cg = C_ptr + group * N
     s = load_state(h0_ptr, k, head, H, P, N, offs_p, HAS_H0, BLOCK_P, NB)
     if HAS_D:
         skip = tl.load(D_ptr + head).to(tl.float32)
