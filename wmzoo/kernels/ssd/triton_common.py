@@ -102,6 +102,11 @@ def sequence_range(cu_ptr, k, T, HAS_CU: tl.constexpr):
     return start, end
 
 
+# Each chunked kernel spells out its prologue (program_chunks, its group's B / C columns, A)
+# rather than calling a helper that takes and returns the pointers: torch's analysis of which
+# tensors a traced Triton kernel writes then counts every pointer passed through such a nested
+# helper as written (x, B, C, A, cu_seqlens), and a compiled graph would copy them before each
+# launch (tests/test_traced_writes.py caught it).
 @triton.jit
 def program_chunks(cu_ptr, k, T, Q: tl.constexpr, SEGS, HAS_CU: tl.constexpr):
     """Token range [start, end) of the sequence of program ``k`` (= sequence x SEGS + segment)
