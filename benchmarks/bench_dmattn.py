@@ -298,7 +298,10 @@ def main():
     ap.add_argument("--sections", default="correct,train,decode")
     ap.add_argument("--quick", action="store_true", help="wmzoo and SDPA only (no compiled anchors)")
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip further anchors once this much time is spent")
+    ap.add_argument("--shapes", help="comma-separated indices into SHAPES, in the order to run them (default: all)")
     args = ap.parse_args()
+    if args.shapes:
+        SHAPES[:] = [SHAPES[int(i)] for i in args.shapes.split(",")]
     import triton
     RESULTS["env"] = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     print(RESULTS["env"], flush=True)
