@@ -133,17 +133,19 @@ def segments(programs: int, device: torch.device) -> int:
 
 FORCE_SEGMENTS = 0  # > 0: that many segments everywhere (tests of the segmented path on CPU)
 
-# The backward's chunk-local kernel: its programs take runs of chunks of one sequence (no state
-# between them), enough runs for about LOCAL_PROGRAMS programs, several per SM.
-LOCAL_PROGRAMS = 4096
-MAX_LOCAL_PIECES = 64
+# The backward's chunk-local kernel: its programs (sequence x piece, head) take runs of chunks of
+# one sequence (no state between them). A fixed count, not one derived from the batch: under
+# torch.compile(dynamic=True) a count computed from the number of sequences would specialize
+# the graph on it (a packed varlen batch has a new count at every step). 16 pieces make 4096
+# programs at B4 H64 (4 chunks each), 512 at B1 H32 (T 32768: 32 chunks each).
+LOCAL_PIECES_CUDA = 16
 
 
-def local_pieces(programs: int, device: torch.device) -> int:
-    """Runs of chunks per sequence for the chunk-local kernel over ``programs`` (sequence, head)."""
+def local_pieces(device: torch.device) -> int:
+    """Runs of chunks per sequence for the chunk-local kernel."""
     if FORCE_SEGMENTS or device.type != "cuda":
         return max(1, FORCE_SEGMENTS)  # CPU: the interpreter is fastest with few programs
-    return int(min(MAX_LOCAL_PIECES, max(1, triton.cdiv(LOCAL_PROGRAMS, programs))))
+    return LOCAL_PIECES_CUDA
 
 
 def _segment_states(x, dt, A, B, initial_state, cu_seqlens, cos, sin, half, seqs, segs, chunk_size, tiles):
@@ -269,7 +271,7 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
     dB_local = x.new_empty(b * t, h, n, dtype=torch.float32)
     dxd_local = x.new_empty(b * t, h, p, dtype=torch.float32)
     dG_local = x.new_empty(b * t, h, dtype=torch.float32)
-    pieces = local_pieces(seqs * h, x.device)
+    pieces = local_pieces(x.device)
     launch(_ssd_bwd_chunk_local)[(seqs * pieces, h)](
         dy, x, dt, A, B, C, cu, cos, sin,
         dB_local, dxd_local, dG_local,
