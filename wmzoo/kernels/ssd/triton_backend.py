@@ -139,13 +139,15 @@ FORCE_SEGMENTS = 0  # > 0: that many segments everywhere (tests of the segmented
 # the graph on it (a packed varlen batch has a new count at every step). 16 pieces make 4096
 # programs at B4 H64 (4 chunks each), 512 at B1 H32 (T 32768: 32 chunks each).
 LOCAL_PIECES_CUDA = 16
+FORCE_LOCAL_PIECES = 0  # > 0: that many pieces everywhere (tests of the GPU's split on CPU)
 
 
 def local_pieces(device: torch.device) -> int:
-    """Runs of chunks per sequence for the chunk-local kernel."""
-    if FORCE_SEGMENTS or device.type != "cuda":
-        return max(1, FORCE_SEGMENTS)  # CPU: the interpreter is fastest with few programs
-    return LOCAL_PIECES_CUDA
+    """Runs of chunks per sequence for the chunk-local kernel (CPU: one, the interpreter is
+    fastest with few programs)."""
+    if FORCE_LOCAL_PIECES:
+        return FORCE_LOCAL_PIECES
+    return LOCAL_PIECES_CUDA if device.type == "cuda" else 1
 
 
 def _segment_states(x, dt, A, B, initial_state, cu_seqlens, cos, sin, half, seqs, segs, chunk_size, tiles):
