@@ -307,7 +307,10 @@ def main():
     ap.add_argument("--shapes", help="comma-separated indices into SHAPES, in the order to run them (default: all)")
     args = ap.parse_args()
     if args.shapes:
-        SHAPES[:] = [SHAPES[int(i)] for i in args.shapes.split(",")]
+        picked = args.shapes.split(",")
+        if not all(i.isdigit() and int(i) < len(SHAPES) for i in picked):
+            raise SystemExit(f"--shapes: expected comma-separated indices 0..{len(SHAPES) - 1}, got {args.shapes!r}")
+        SHAPES[:] = [SHAPES[int(i)] for i in picked]
     import triton
     RESULTS["env"] = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     print(RESULTS["env"], flush=True)
