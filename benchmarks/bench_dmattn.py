@@ -306,6 +306,7 @@ def main():
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip further anchors once this much time is spent")
     ap.add_argument("--shapes", help="comma-separated indices into SHAPES, in the order to run them (default: all)")
     args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)  # a device call's $OUT/<name> does not exist yet
     if args.shapes:
         picked = args.shapes.split(",")
         if not all(i.isdigit() and int(i) < len(SHAPES) for i in picked):

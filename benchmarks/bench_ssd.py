@@ -249,6 +249,7 @@ def main():
                          "device call with first-call compiles: split it)")
     ap.add_argument("--sections", default="correct,time,decode", help="comma-separated subset of correct,time,decode")
     args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)  # a device call's $OUT/<name> does not exist yet
     shapes = [int(i) for i in args.shapes.split(",")]
     sections = set(args.sections.split(","))
     if not set(shapes) <= set(range(len(SHAPES))) or not sections <= {"correct", "time", "decode"}:

@@ -210,11 +210,15 @@ def select_window(bias: torch.Tensor, keep_window: int, block_m: int, layout):
     w = keep_window
     dev = bias.device
     lists = (b, hkv, layout.n_blocks, w)
+    # every buffer is flat, its strides passed by hand: the scan writes each buffer several
+    # times, which functionalization turns into as_strided views, and torch 2.11's Inductor fails
+    # on a view with a size-1 leading dim and a symbolic stride (pytorch#181735, fixed in 2.12)
+    s0, s1 = hkv * layout.n_blocks * w, layout.n_blocks * w
     # two buffers for the scan's steps, the last step writing the first; the biases of the listed
     # keys sit beside them (no dependent gather) and are read only where an index is listed
-    bufs = [(torch.full(lists, -1, dtype=torch.int32, device=dev), torch.zeros(lists, dtype=torch.float32, device=dev))
+    bufs = [(torch.full((b * s0,), -1, dtype=torch.int32, device=dev), torch.zeros(b * s0, dtype=torch.float32, device=dev))
             for _ in range(2)]
-    theta = torch.empty((b, hkv, t), dtype=torch.int32, device=dev)
+    theta = torch.empty(b * hkv * t, dtype=torch.int32, device=dev)
     ch = min(128, triton.next_power_of_2(w))
     log = w.bit_length() + 1
     warps = 8 if block_m >= 128 else 4
@@ -224,22 +228,21 @@ def select_window(bias: torch.Tensor, keep_window: int, block_m: int, layout):
     kept, kept_bias = bufs[cur]
     launch(_block_sort_kernel)[grid](
         bias, layout.blk_info, kept, kept_bias, t, w, layout.n_blocks,
-        bias.stride(0), bias.stride(1), kept.stride(0), kept.stride(1),
+        bias.stride(0), bias.stride(1), s0, s1,
         VARLEN=layout.varlen, BLOCK_M=block_m, num_warps=warps,
     )
     for step in range(steps):
         (src, src_b), (dst, dst_b) = bufs[cur], bufs[1 - cur]
         launch(_scan_kernel)[grid](
             layout.blk_info, src, src_b, dst, dst_b, t, w, layout.n_blocks, 1 << step,
-            src.stride(0), src.stride(1),
+            s0, s1,
             VARLEN=layout.varlen, BLOCK_M=block_m, CH=ch, LOG=log, num_warps=4,
         )
         cur = 1 - cur
     kept, kept_bias = bufs[0]
     launch(_theta_kernel)[grid](
         bias, layout.blk_info, kept, kept_bias, theta,
-        t, w, layout.n_blocks, bias.stride(0), bias.stride(1), kept.stride(0), kept.stride(1),
-        theta.stride(0), theta.stride(1),
+        t, w, layout.n_blocks, bias.stride(0), bias.stride(1), s0, s1, hkv * t, t,
         VARLEN=layout.varlen, BLOCK_M=block_m, LOG=log, num_warps=warps,
     )
-    return kept, kept_bias, theta
+    return kept.view(lists), kept_bias.view(lists), theta.view(b, hkv, t)
