@@ -111,9 +111,10 @@ def ssd_cases():
         yield f"SSD forward, {tag}", _ssd_fwd_kernel, dict(tiles, ROPE=rope, HAS_D=True, HAS_H0=False, WRITE_FINAL=True)
         yield f"SSD backward forward sweep, {tag}", _ssd_bwd_forward_sweep, dict(
             tiles, ROPE=rope, HAS_DFINAL=False, HAS_H0=False)
-        yield f"SSD backward chunk-local terms, {tag}", _ssd_bwd_chunk_local, dict(tiles, ROPE=rope)
+        if not rope:  # with RoPE the reverse sweep computes the in-chunk terms itself
+            yield f"SSD backward chunk-local terms, {tag}", _ssd_bwd_chunk_local, dict(tiles, ROPE=rope)
         yield f"SSD backward reverse sweep, {tag}", _ssd_bwd_reverse_sweep, dict(
-            tiles, ROPE=rope, HAS_DFINAL=False, HAS_D=True)
+            tiles, ROPE=rope, LOCAL=not rope, HAS_DFINAL=False, HAS_D=True)
 
 
 def dmattn_cases():

@@ -44,8 +44,8 @@ def test_ssd_kernels_have_a_config_that_fits_the_h200_at_the_largest_tiles():
     tiles = {"Q": 64, "BLOCK_P": MAX_P, "NB": MAX_N, "DOT": 1, "HAS_CU": False, "ROPE": True}
     cases = [(_ssd_fwd_kernel, {"HAS_D": True, "HAS_H0": True, "WRITE_FINAL": True}),
              (_ssd_bwd_forward_sweep, {"HAS_DFINAL": True, "HAS_H0": True}),
-             (_ssd_bwd_reverse_sweep, {"HAS_DFINAL": True, "HAS_D": True}),
-             (_ssd_bwd_chunk_local, {})]
+             (_ssd_bwd_reverse_sweep, {"HAS_DFINAL": True, "HAS_D": True, "LOCAL": False}),
+             (_ssd_bwd_chunk_local, {"ROPE": False})]  # launched only without RoPE
     for kernel, flags in cases:
         first = types.SimpleNamespace(fn=kernel.fn, configs=kernel.configs[:1])
         [(name, report)] = kernel_resources.resources(first, {**tiles, **flags}, 90)

@@ -270,16 +270,22 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
     # In-chunk terms first, all chunks in parallel, in fp32 buffers of their own (never aliased
     # with the outputs: a traced graph sees each kernel's writes separately); the reverse sweep
     # adds the state terms. Only rows of sequences are written and read.
-    dB_local = x.new_empty(b * t, h, n, dtype=torch.float32)
-    dxd_local = x.new_empty(b * t, h, p, dtype=torch.float32)
-    dG_local = x.new_empty(b * t, h, dtype=torch.float32)
-    pieces = local_pieces(x.device)
-    launch(_ssd_bwd_chunk_local)[(seqs * pieces, h)](
-        dy, x, dt, A, B, C, cu, cos, sin,
-        dB_local, dxd_local, dG_local,
-        t, h, g, p, n, half, pieces,
-        HAS_CU=varlen, **common,
-    )
+    # With RoPE the reverse sweep computes them itself: each kernel that rotates B and C pays
+    # the rotation's gathers, and a third one cost more than it saved (ssd.md run 12).
+    split = half == 0
+    if split:
+        dB_local = x.new_empty(b * t, h, n, dtype=torch.float32)
+        dxd_local = x.new_empty(b * t, h, p, dtype=torch.float32)
+        dG_local = x.new_empty(b * t, h, dtype=torch.float32)
+        pieces = local_pieces(x.device)
+        launch(_ssd_bwd_chunk_local)[(seqs * pieces, h)](
+            dy, x, dt, A, B, C, cu, cos, sin,
+            dB_local, dxd_local, dG_local,
+            t, h, g, p, n, half, pieces,
+            HAS_CU=varlen, **common,
+        )
+    else:
+        dB_local = dxd_local = dG_local = c_dc  # not read (LOCAL off)
     dA_part = x.new_empty(seqs * segs, h, dtype=torch.float32)
     dD_part = x.new_empty(seqs * segs, h, dtype=torch.float32)
     dh0 = x.new_empty(seqs, h, p, n, dtype=torch.float32)
@@ -288,7 +294,7 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
         c_dc, carry if segs > 1 else d_final, dB_local, dxd_local, dG_local,
         dx, ddt, dB_heads, dA_part, dD_part, dh0,
         t, h, g, p, n, half, segs,
-        HAS_DFINAL=ends is not None, HAS_D=D is not None, HAS_CU=varlen,
+        HAS_DFINAL=ends is not None, HAS_D=D is not None, HAS_CU=varlen, LOCAL=split,
         **common,
     )
 

@@ -14,7 +14,9 @@ rotated B / C, S the state entering a chunk, dS the gradient of the state leavin
 The sums over t in the chunk (and W's row and column sums, below) need no state: the local
 kernel computes them and writes them in fp32, and the sweep adds the terms with dS. The sweep is
 a chain of dependent steps with one program per SM (latency-bound, docs/benchmarks/NOTES.md);
-taking the local work off it leaves each step 5 of its 9 products.
+taking the local work off it leaves each step 5 of its 9 products (-0.49 ms of 4.57 on an H100,
+ssd.md run 12). With RoPE the sweep computes them itself (LOCAL off): a third kernel rotating B
+and C cost more than the products saved (+0.78 ms, same run).
 The decays: with G_t the cumulative log decay over the whole sequence, the loss depends on G
 only through exp(G_t - G_s) and exp(G_t) factors, which gives
     dL/dG_t = C~_t . dC~_t - B~_t . dB~_t  (+ <dfinal, final> at the last token),
@@ -163,9 +165,11 @@ def _ssd_bwd_reverse_sweep(
     dx_ptr, ddt_ptr, dB_ptr, dA_ptr, dD_ptr, dh0_ptr,
     T, H, G, P, N, HALF, SEGS,
     HAS_DFINAL: tl.constexpr, HAS_D: tl.constexpr, HAS_CU: tl.constexpr,
-    ROPE: tl.constexpr,
+    ROPE: tl.constexpr, LOCAL: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
 ):
+    """LOCAL: the in-chunk terms come from _ssd_bwd_chunk_local's buffers; otherwise this
+    kernel computes them (with RoPE: one kernel fewer rotating B and C, see the backend)."""
     k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
     head = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_P)
@@ -176,6 +180,7 @@ def _ssd_bwd_reverse_sweep(
     Bg = B_ptr + group * N
     Cg = C_ptr + group * N
     dBh = dB_ptr + head * N  # dB~ per head: (tokens, h, n)
+    causal_t = steps[:, None] <= steps[None, :]  # [s, t]: t >= s (when not LOCAL)
     ds = load_state(dfinal_ptr, k, head, H, P, N, offs_p, HAS_DFINAL, BLOCK_P, NB)
     if HAS_D:
         skip = tl.load(D_ptr + head).to(tl.float32)
@@ -197,11 +202,23 @@ def _ssd_bwd_reverse_sweep(
         from_state = mm(b, tl.trans(ds), DOT)  # dS B~_s, for dxd
         sb = dt_to_end * mm_split_b(x, ds, DOT)
         b_db = tl.sum(b * sb, axis=1)
-        # plus the in-chunk terms (_ssd_bwd_chunk_local), each loaded where it is used
-        store_cols(dBh, H * N, rows, row_mask, 0, N, load_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, N, NB) + sb, NB)
-        dxd = load_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P) + to_end * from_state
         dG = tl.load(cdc_ptr + rows * H + head, mask=row_mask, other=0.0) - b_db
-        dG += tl.load(dgl_ptr + rows * H + head, mask=row_mask, other=0.0)
+        # plus the in-chunk terms: loaded where each is used (LOCAL), or computed here as
+        # _ssd_bwd_chunk_local does (the same expressions)
+        if LOCAL:
+            db_in = load_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, N, NB)
+            dxd = load_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
+            dG += tl.load(dgl_ptr + rows * H + head, mask=row_mask, other=0.0)
+        else:
+            decay_t = tl.exp(tl.where(causal_t, lam[None, :] - lam[:, None], float("-inf")))
+            dyxd_t = mm(x, tl.trans(dy), DOT) * (dt[:, None] * decay_t)
+            scores_t = mm(b, tl.trans(c_t), DOT)
+            db_in = mm(dyxd_t, c_t, DOT)
+            dxd = mm(scores_t * decay_t, dy, DOT)
+            w_t = dyxd_t * scores_t
+            dG += tl.sum(w_t, axis=0) - tl.sum(w_t, axis=1)
+        store_cols(dBh, H * N, rows, row_mask, 0, N, db_in + sb, NB)
+        dxd += to_end * from_state
         da = da_carry + tl.cumsum(dG, axis=0, reverse=True)
         da_carry += tl.sum(dG, axis=0)
         dx = dxd * dt[:, None]
