@@ -145,7 +145,7 @@ def time_shape(b, t, h, p, n, g, *, compiled_ref, mamba_chunks=(64, 256), fla=Tr
             bench(f"wmzoo_fwd_{suffix}", f)
             bench(f"wmzoo_fwdbwd_{suffix}", fwdbwd(f))
     try:
-        mcs = mamba_fn()
+        mcs = mamba_fn() if mamba_chunks else None
         for q in mamba_chunks:
             f = lambda q=q: mcs(x, dt, A, B, C, chunk_size=q)
             bench(f"mamba_fwd_{tag}_c{q}", f)
@@ -155,7 +155,7 @@ def time_shape(b, t, h, p, n, g, *, compiled_ref, mamba_chunks=(64, 256), fla=Tr
         print("mamba failed", repr(e)[:300], flush=True)
     try:  # fla's GLA form: q = C, k = B (per head), v = x dt, log decay g = dt A
         if not fla:
-            raise RuntimeError("left out (--no-fla)")
+            raise RuntimeError("left out (--no-fla or --ours-only)")
         from fla.ops.simple_gla import chunk_simple_gla
         Ch = C.detach().repeat_interleave(h // g, dim=2).requires_grad_(True)
         Bh = B.detach().repeat_interleave(h // g, dim=2).requires_grad_(True)
@@ -243,6 +243,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="mamba_ssm at chunk 64 only (its default is 256)")
     ap.add_argument("--no-fla", action="store_true",
                     help="leave fla out: its first call autotuned for > 3 minutes on triton 3.6 (H200)")
+    ap.add_argument("--ours-only", action="store_true",
+                    help="time wmzoo alone (no anchors, no compiled reference): A/B calls of two trees")
     ap.add_argument("--configs", help="probe.json of ssd_probe_configs.py: time only configs it passed")
     ap.add_argument("--shapes", default=",".join(str(i) for i in range(len(SHAPES))),
                     help="comma-separated indices into SHAPES (the whole table took more than one 10-minute "
@@ -270,8 +272,10 @@ def main():
         save()
     if "time" in sections:
         for i in shapes:
-            time_shape(*SHAPES[i], compiled_ref=i == 0, mamba_chunks=(64,) if args.quick else (64, 256),
-                       fla=not args.no_fla)
+            anchors = not args.ours_only
+            time_shape(*SHAPES[i], compiled_ref=anchors and i == 0,
+                       mamba_chunks=() if not anchors else (64,) if args.quick else (64, 256),
+                       fla=anchors and not args.no_fla)
             save()
     if "decode" in sections:
         time_decode()
