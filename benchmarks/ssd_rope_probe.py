@@ -1,0 +1,126 @@
+"""Where the SSD forward's RoPE time goes: the forward kernel timed with diagnostic load forms.
+
+    python benchmarks/ssd_rope_probe.py --out DIR            (every variant, one process each)
+    python benchmarks/ssd_rope_probe.py --variant NAME       (one variant, prints its time)
+
+RoPE r 64 takes the forward at B4 T4096 H64 P64 N128 from 0.43 to 1.22 ms (ssd.md run 12), and
+the three load forms timed in run 8 did not say why (their predictions were off by up to 5x).
+Each variant below replaces ``load_rotated`` in the forward kernel's module before its first
+compile, so one piece of the rotation is taken away at a time. Only ``rope`` and ``none`` give
+correct outputs; the others are diagnostics, timed and never used:
+
+- ``rope``: the library's form (partner channels and cos / sin rows loaded per operand);
+- ``none``: no rotation (the RoPE-free kernel);
+- ``const_tables``: partner channels loaded, cos / sin constants: what the table loads cost;
+- ``no_partner``: tables loaded, the partner channel replaced by the channel itself: what the
+  second load of B / C costs.
+Each runs in a process of its own: Triton resolves a kernel's helpers when it first compiles
+it. The output's sum is printed too: a diagnostic whose sum equals ``rope``'s was not patched in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from wmzoo.kernels.rope.reference import rope_tables  # noqa: E402
+from wmzoo.kernels.ssd import ssd  # noqa: E402
+from wmzoo.kernels.ssd import triton_fwd  # noqa: E402
+from wmzoo.kernels.ssd.triton_common import load_cols  # noqa: E402
+
+VARIANTS = ("none", "rope", "const_tables", "no_partner")
+SHAPE = (4, 4096, 64, 64, 128, 64)  # B, T, H, P, N, G: bench_ssd's main shape
+ROPE_DIM = 64
+
+
+@triton.jit
+def _const_tables(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
+                  NB: tl.constexpr, ROPE: tl.constexpr):
+    z = load_cols(ptr, row_stride, rows, row_mask, 0, N, NB)
+    cols = tl.arange(0, NB)
+    first = cols < HALF
+    rotated = row_mask[:, None] & (cols[None, :] < 2 * HALF)
+    partner = tl.where(first, cols + HALF, cols - HALF)
+    zp = tl.load(ptr + rows[:, None] * row_stride + partner[None, :], mask=rotated, other=0.0).to(tl.float32)
+    # not a rotation (0.9^2 + 0.3^2 != 1): a constant rotation would leave y unchanged, and the
+    # sum check could not tell the patch took
+    return tl.where(rotated, z * 0.9 + tl.where(first, -1.0, 1.0)[None, :] * zp * 0.3, z)
+
+
+@triton.jit
+def _no_partner(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
+                NB: tl.constexpr, ROPE: tl.constexpr):
+    z = load_cols(ptr, row_stride, rows, row_mask, 0, N, NB)
+    cols = tl.arange(0, NB)
+    first = cols < HALF
+    rotated = row_mask[:, None] & (cols[None, :] < 2 * HALF)
+    freq = tl.where(first, cols, cols - HALF)
+    table = rows[:, None] * HALF + freq[None, :]
+    cos = tl.load(cos_ptr + table, mask=rotated, other=1.0)
+    sin = tl.load(sin_ptr + table, mask=rotated, other=0.0)
+    return z * cos + tl.where(first, -1.0, 1.0)[None, :] * z * sin
+
+
+def run_variant(name: str) -> dict:
+    if name == "const_tables":
+        triton_fwd.load_rotated = _const_tables
+    elif name == "no_partner":
+        triton_fwd.load_rotated = _no_partner
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    b, t, h, p, n, g = SHAPE if dev == "cuda" else (1, 130, 2, 16, 32, 1)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(b, t, h, p, device=dev, generator=gen).bfloat16()
+    dt = torch.rand(b, t, h, device=dev, generator=gen) * 0.1 + 0.01
+    A = -torch.rand(h, device=dev, generator=gen) - 0.5
+    B, C = ((torch.randn(b, t, g, n, device=dev, generator=gen) * n ** -0.5).bfloat16() for _ in range(2))
+    cos = sin = None
+    if name != "none":
+        cos, sin = rope_tables(torch.arange(t, device=dev).expand(b, t), ROPE_DIM if dev == "cuda" else 16)
+
+    def fwd():
+        with torch.no_grad():
+            return ssd(x, dt, A, B, C, chunk_size=64 if dev == "cuda" else 16, rope_cos=cos, rope_sin=sin)
+
+    y = fwd()
+    result = {"sum": round(float(y.float().sum()), 4)}
+    if dev == "cuda":
+        result["ms"] = round(triton.testing.do_bench(fwd, warmup=25, rep=100, return_mode="median"), 4)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variant", choices=VARIANTS)
+    ap.add_argument("--out", help="directory for rope_probe.json (with --variant unset: every variant)")
+    args = ap.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args.variant)), flush=True)
+        return
+    results = {"env": {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                       "torch": torch.__version__, "triton": triton.__version__}}
+    for name in VARIANTS:
+        proc = subprocess.run([sys.executable, __file__, "--variant", name], capture_output=True, text=True)
+        lines = proc.stdout.strip().splitlines()
+        results[name] = json.loads(lines[-1]) if proc.returncode == 0 and lines else {"error": proc.stderr[-300:]}
+        print(name, results[name], flush=True)
+    base = results["none"].get("ms")
+    for name in VARIANTS:
+        ms = results[name].get("ms")
+        if base and ms:
+            print(f"{name:14s} {ms:8.4f} ms  {ms / base:5.2f}x the RoPE-free forward")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "rope_probe.json"), "w") as fh:
+            json.dump(results, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
