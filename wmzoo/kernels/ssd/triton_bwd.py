@@ -59,12 +59,12 @@ from .triton_common import (
 
 
 @triton.jit
-def rotated_operands(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
+def rotated_operands(Bg, Cg, row_stride, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF,
                      NB: tl.constexpr, ROPE: tl.constexpr, DOT: tl.constexpr):
     """B~ and C~ of a chunk as the backward uses them: rotated, then rounded once to what tl.dot
     sees (operand), so that products and elementwise uses see the same values."""
-    b = load_rotated(Bg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
-    c = load_rotated(Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+    b = load_rotated(Bg, row_stride, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+    c = load_rotated(Cg, row_stride, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
     if ROPE:  # without RoPE the loads are exact in the half type already
         b = operand(b, DOT)
         c = operand(c, DOT)
@@ -95,7 +95,8 @@ def _ssd_bwd_forward_sweep(
     causal = steps[:, None] >= steps[None, :]
 
     for c in range(c0, c1):
-        rows = start + c * Q + steps
+        row0 = start + c * Q
+        rows = row0 + steps
         row_mask = rows < end
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
@@ -103,7 +104,7 @@ def _ssd_bwd_forward_sweep(
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))
         dyxd = mm(dy, tl.trans(x), DOT) * (dt[None, :] * decay)  # [t, s]; x, dy exact operands
-        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
+        b, c_t = rotated_operands(Bg, Cg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
         st = tl.exp(lam)[:, None] * mm_split_b(dy, s, DOT)
         dc = mm(dyxd, b, DOT) + st
         # C~ . dC~ through the state only (see module doc)
@@ -140,14 +141,15 @@ def _ssd_bwd_chunk_local(
     # [s, t] orientation, operands swapped rather than transposed results (ssd.md run 11).
     causal_t = steps[:, None] <= steps[None, :]  # [s, t]: t >= s
     for c in range(c0, c1):
-        rows = start + c * Q + steps
+        row0 = start + c * Q
+        rows = row0 + steps
         row_mask = rows < end
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         decay_t = tl.exp(tl.where(causal_t, lam[None, :] - lam[:, None], float("-inf")))  # [s, t]
         dyxd_t = mm(x, tl.trans(dy), DOT) * (dt[:, None] * decay_t)  # [s, t] = (dy_t . xd_s) decay
-        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
+        b, c_t = rotated_operands(Bg, Cg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
         scores_t = mm(b, tl.trans(c_t), DOT)  # [s, t] = B~_s . C~_t
         store_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, N, mm(dyxd_t, c_t, DOT), NB)
         store_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, mm(scores_t * decay_t, dy, DOT), BLOCK_P)
@@ -191,14 +193,15 @@ def _ssd_bwd_reverse_sweep(
     dD_acc = 0.0
 
     for i in range(0, c1 - c0):
-        rows = start + (c1 - 1 - i) * Q + steps
+        row0 = start + (c1 - 1 - i) * Q
+        rows = row0 + steps
         row_mask = rows < end
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         to_end = tl.exp(lam_end - lam)[:, None]
         dt_to_end = dt[:, None] * to_end  # xd dS = dt (x dS): x is exact in the half type
-        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
+        b, c_t = rotated_operands(Bg, Cg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
         from_state = mm(b, tl.trans(ds), DOT)  # dS B~_s, for dxd
         sb = dt_to_end * mm_split_b(x, ds, DOT)
         b_db = tl.sum(b * sb, axis=1)

@@ -192,12 +192,22 @@ def rotate(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, NB: tl.co
 
 
 @triton.jit
-def load_rotated(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
+def load_rotated(ptr, row_stride, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF,
                  NB: tl.constexpr, ROPE: tl.constexpr):
-    """Rows of B or C (all n channels, fp32), rotated when ROPE."""
-    z = load_cols(ptr, row_stride, rows, row_mask, 0, N, NB)
+    """Rows row0 + steps of B or C (all n channels, fp32), rotated when ROPE.
+
+    With RoPE the pointers move to row0 first (one int64 product per chunk), so that every
+    per-element offset of the four loads is int32 (steps x row_stride stays far below 2^31).
+    Compiled for sm_90a by triton 3.6 at the benchmark's tiles, the forward with RoPE spilled
+    4.1 KB per thread at (8 warps, 1 stage) with int64 rows, 1.9 KB like this; without RoPE
+    the same change raised its spills from 0.4 to 1.5 KB, so that path keeps int64 rows
+    (docs/benchmarks/NOTES.md, tenth session)."""
     if ROPE:
-        z = rotate(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, NB)
+        ptr += row0 * row_stride
+        z = load_cols(ptr, row_stride, steps, row_mask, 0, N, NB)
+        z = rotate(z, ptr, row_stride, steps, row_mask, cos_ptr + row0 * HALF, sin_ptr + row0 * HALF, HALF, NB)
+    else:
+        z = load_cols(ptr, row_stride, row0 + steps, row_mask, 0, N, NB)
     return z
 
 

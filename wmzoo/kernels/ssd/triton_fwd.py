@@ -64,14 +64,15 @@ def _ssd_fwd_kernel(
     causal = steps[:, None] >= steps[None, :]
 
     for c in range(c0, c1):
-        rows = start + c * Q + steps
+        row0 = start + c * Q
+        rows = row0 + steps
         row_mask = rows < end
         # Past the sequence end dt = x = B = C = 0: those steps neither decay nor feed the state.
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, tl.program_id(2) * BLOCK_P, P - tl.program_id(2) * BLOCK_P, BLOCK_P)
         xd = x * dt[:, None]
-        b = load_rotated(Bg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
-        c_t = load_rotated(Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+        b = load_rotated(Bg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+        c_t = load_rotated(Cg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
         scores = mm(c_t, tl.trans(b), DOT)
         inter = mm(c_t, tl.trans(s), DOT)
         # The mask goes in before exp: above the diagonal Lam_t - Lam_s > 0 could overflow.

@@ -64,13 +64,14 @@ def _ssd_segment_states(
     s = tl.zeros([BLOCK_P, NB], dtype=tl.float32)
     dec = 0.0
     for c in range(c0, c1):
-        rows = start + c * Q + steps
+        row0 = start + c * Q
+        rows = row0 + steps
         row_mask = rows < end
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         dec += lam_end
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, p0, P - p0, BLOCK_P)
         weighted = tl.trans(x * (dt * tl.exp(lam_end - lam))[:, None])
-        b = operand(load_rotated(Bg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE), DOT)
+        b = operand(load_rotated(Bg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE), DOT)
         s = tl.exp(lam_end) * s + mm_split_a(weighted, b, DOT)
     store_state(states_ptr, idx, head, H, P, N, offs_p, s, True, NB)
     tl.store(dec_ptr + idx * H + head, dec)  # the same value from every block of p
@@ -94,12 +95,13 @@ def _ssd_segment_dstates(
     Cg = C_ptr + (head // (H // G)) * N
     ds = tl.zeros([BLOCK_P, NB], dtype=tl.float32)
     for i in range(0, c1 - c0):
-        rows = start + (c1 - 1 - i) * Q + steps
+        row0 = start + (c1 - 1 - i) * Q
+        rows = row0 + steps
         row_mask = rows < end
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         weighted = tl.trans(dy * tl.exp(lam)[:, None])
-        c_t = operand(load_rotated(Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE), DOT)
+        c_t = operand(load_rotated(Cg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE), DOT)
         ds = tl.exp(lam_end) * ds + mm_split_a(weighted, c_t, DOT)
     store_state(dstates_ptr, idx, head, H, P, N, offs_p, ds, True, NB)
 
