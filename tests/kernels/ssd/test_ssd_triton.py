@@ -227,18 +227,24 @@ def test_segmented_sequences_match_loop(monkeypatch, t, dtype, rope, segs, trito
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("pieces,segs", [(16, 1), (5, 3)])
-def test_chunk_local_pieces_match_loop(monkeypatch, pieces, segs, triton_calls):
+@pytest.mark.parametrize("pieces,segs,rope", [(16, 1, 0), (5, 3, 0), (5, 1, 12)])
+def test_chunk_local_pieces_match_loop(monkeypatch, pieces, segs, rope, triton_calls):
     """The backward's chunk-local kernel splits each sequence into pieces independently of the
     sweeps' segments (16 on the GPU, with one segment at most shapes): 257 tokens in chunks of
     16 are 17 chunks, so 16 pieces leave some empty and 5 are uneven; every gradient against
-    the float64 loop. No RoPE: with it the reverse sweep computes these terms itself."""
+    the float64 loop. With RoPE the reverse sweep computes these terms itself unless
+    LOCAL_WITH_ROPE (the switch of the A/B in bench_ssd), which the RoPE case turns on."""
     from wmzoo.kernels.ssd import triton_backend
 
     monkeypatch.setattr(triton_backend, "FORCE_LOCAL_PIECES", pieces)
     monkeypatch.setattr(triton_backend, "FORCE_SEGMENTS", segs)
-    args = make_inputs(2, 257, 2, 1, 24, 20, rope=0, seed=pieces)
+    monkeypatch.setattr(triton_backend, "LOCAL_WITH_ROPE", rope > 0)
+    split_runs = []  # local_pieces is asked only when the local kernel is launched
+    real_pieces = triton_backend.local_pieces
+    monkeypatch.setattr(triton_backend, "local_pieces", lambda dev: split_runs.append(dev) or real_pieces(dev))
+    args = make_inputs(2, 257, 2, 1, 24, 20, rope=rope, seed=pieces)
     check_against_loop(args, 16, triton_calls, torch.float32)
+    assert split_runs, "the backward did not launch the chunk-local kernel"
 
 
 @pytest.mark.interpret

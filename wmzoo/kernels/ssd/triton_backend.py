@@ -140,6 +140,11 @@ FORCE_SEGMENTS = 0  # > 0: that many segments everywhere (tests of the segmented
 # programs at B4 H64 (4 chunks each), 512 at B1 H32 (T 32768: 32 chunks each).
 LOCAL_PIECES_CUDA = 16
 FORCE_LOCAL_PIECES = 0  # > 0: that many pieces everywhere (tests of the GPU's split on CPU)
+# The split with RoPE too. Off: in run 12 (ssd.md) it cost 0.78 ms with RoPE, a third kernel
+# paying the rotation, whose loads then spilled ~4 KB per thread; since then the rotation
+# spills about half that (int32 offsets), so the A/B is worth repeating (bench_ssd
+# --split-rope sets this).
+LOCAL_WITH_ROPE = False
 
 
 def local_pieces(device: torch.device) -> int:
@@ -271,8 +276,8 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
     # with the outputs: a traced graph sees each kernel's writes separately); the reverse sweep
     # adds the state terms. Only rows of sequences are written and read.
     # With RoPE the reverse sweep computes them itself: each kernel that rotates B and C pays
-    # the rotation's gathers, and a third one cost more than it saved (ssd.md run 12).
-    split = half == 0
+    # the rotation, and a third one cost more than it saved (ssd.md run 12).
+    split = half == 0 or LOCAL_WITH_ROPE
     if split:
         dB_local = x.new_empty(b * t, h, n, dtype=torch.float32)
         dxd_local = x.new_empty(b * t, h, p, dtype=torch.float32)
