@@ -71,6 +71,20 @@ def rotated_operands(Bg, Cg, row_stride, row0, steps, row_mask, cos_ptr, sin_ptr
     return b, c
 
 
+@triton.jit
+def in_chunk_terms(x, dy, dt, lam, b, c_t, causal_t, DOT: tl.constexpr):
+    """The reverse sweep's in-chunk terms of one chunk (no state needed), fp32: dB~ and dxd
+    through the chunk's own tokens, and W's column sums minus row sums (dL/dG's in-chunk part),
+    with W[t, s] = (dy_t . xd_s)(C~_t . B~_s) decay_ts, all fp32: row sums minus column sums of
+    the same matrix, so its pairs cancel exactly in dA. Every [s, t] matrix is built in that
+    orientation, operands swapped rather than results transposed (ssd.md run 11)."""
+    decay_t = tl.exp(tl.where(causal_t, lam[None, :] - lam[:, None], float("-inf")))  # [s, t]
+    dyxd_t = mm(x, tl.trans(dy), DOT) * (dt[:, None] * decay_t)  # [s, t] = (dy_t . xd_s) decay
+    scores_t = mm(b, tl.trans(c_t), DOT)  # [s, t] = B~_s . C~_t
+    w_t = dyxd_t * scores_t  # W^T [s, t]
+    return mm(dyxd_t, c_t, DOT), mm(scores_t * decay_t, dy, DOT), tl.sum(w_t, axis=0) - tl.sum(w_t, axis=1)
+
+
 @autotuned(configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
 @triton.jit
 def _ssd_bwd_forward_sweep(
@@ -138,7 +152,6 @@ def _ssd_bwd_chunk_local(
     A = tl.load(A_ptr + head).to(tl.float32)
     Bg = B_ptr + group * N
     Cg = C_ptr + group * N
-    # [s, t] orientation, operands swapped rather than transposed results (ssd.md run 11).
     causal_t = steps[:, None] <= steps[None, :]  # [s, t]: t >= s
     for c in range(c0, c1):
         row0 = start + c * Q
@@ -147,16 +160,11 @@ def _ssd_bwd_chunk_local(
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
-        decay_t = tl.exp(tl.where(causal_t, lam[None, :] - lam[:, None], float("-inf")))  # [s, t]
-        dyxd_t = mm(x, tl.trans(dy), DOT) * (dt[:, None] * decay_t)  # [s, t] = (dy_t . xd_s) decay
         b, c_t = rotated_operands(Bg, Cg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
-        scores_t = mm(b, tl.trans(c_t), DOT)  # [s, t] = B~_s . C~_t
-        store_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, N, mm(dyxd_t, c_t, DOT), NB)
-        store_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, mm(scores_t * decay_t, dy, DOT), BLOCK_P)
-        # W[t, s] = (dy_t . xd_s)(C~_t . B~_s) decay_ts, all fp32: row sums minus column sums of
-        # the same matrix, so its pairs cancel exactly in dA.
-        w_t = dyxd_t * scores_t  # W^T [s, t]
-        tl.store(dgl_ptr + rows * H + head, tl.sum(w_t, axis=0) - tl.sum(w_t, axis=1), mask=row_mask)
+        db_in, dxd_in, dg_in = in_chunk_terms(x, dy, dt, lam, b, c_t, causal_t, DOT)
+        store_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, N, db_in, NB)
+        store_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, dxd_in, BLOCK_P)
+        tl.store(dgl_ptr + rows * H + head, dg_in, mask=row_mask)
 
 
 @autotuned(configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
@@ -206,20 +214,14 @@ def _ssd_bwd_reverse_sweep(
         sb = dt_to_end * mm_split_b(x, ds, DOT)
         b_db = tl.sum(b * sb, axis=1)
         dG = tl.load(cdc_ptr + rows * H + head, mask=row_mask, other=0.0) - b_db
-        # plus the in-chunk terms: loaded where each is used (LOCAL), or computed here as
-        # _ssd_bwd_chunk_local does (the same expressions)
+        # plus the in-chunk terms: loaded (LOCAL: _ssd_bwd_chunk_local wrote them) or computed here
         if LOCAL:
             db_in = load_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, N, NB)
             dxd = load_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
             dG += tl.load(dgl_ptr + rows * H + head, mask=row_mask, other=0.0)
         else:
-            decay_t = tl.exp(tl.where(causal_t, lam[None, :] - lam[:, None], float("-inf")))
-            dyxd_t = mm(x, tl.trans(dy), DOT) * (dt[:, None] * decay_t)
-            scores_t = mm(b, tl.trans(c_t), DOT)
-            db_in = mm(dyxd_t, c_t, DOT)
-            dxd = mm(scores_t * decay_t, dy, DOT)
-            w_t = dyxd_t * scores_t
-            dG += tl.sum(w_t, axis=0) - tl.sum(w_t, axis=1)
+            db_in, dxd, dg_in = in_chunk_terms(x, dy, dt, lam, b, c_t, causal_t, DOT)
+            dG += dg_in
         store_cols(dBh, H * N, rows, row_mask, 0, N, db_in + sb, NB)
         dxd += to_end * from_state
         da = da_carry + tl.cumsum(dG, axis=0, reverse=True)
