@@ -33,8 +33,6 @@ ROPE_DIM = 64  # rotated channels of B and C (of n = 128) in the RoPE cases
 SHAPES = [(4, 4096, 64, 64, 128, 64), (4, 4096, 64, 64, 128, 1), (8, 2048, 32, 64, 128, 32),
           (1, 32768, 32, 64, 128, 32)]
 HBM_TBPS = 4.25  # copy bandwidth measured on the H200 (anchors.md): the floors below use it
-# Segments per sequence to time wmzoo with (--segments; 0 = the backend's own choice).
-SEGMENT_COUNTS = [0]
 
 
 def bench(name, fn):
@@ -138,17 +136,14 @@ def time_shape(b, t, h, p, n, g, *, compiled_ref, mamba_chunks=(64, 256), fla=Tr
             torch.autograd.grad(f(), leaves, dy)
         return run
 
-    from wmzoo.kernels.ssd import triton_backend
-    q = 64
-    for segs in SEGMENT_COUNTS:
-        triton_backend.FORCE_SEGMENTS = segs
+    chunks = (64,)
+    for q in chunks:
         for rope in (False, True):
             rc, rs = (cos, sin) if rope else (None, None)
-            f = lambda rc=rc, rs=rs: ssd(x, dt, A, B, C, chunk_size=q, rope_cos=rc, rope_sin=rs)
-            suffix = f"{tag}_c{q}{'_rope' if rope else ''}{f'_s{segs}' if segs else ''}"
+            f = lambda q=q, rc=rc, rs=rs: ssd(x, dt, A, B, C, chunk_size=q, rope_cos=rc, rope_sin=rs)
+            suffix = f"{tag}_c{q}{'_rope' if rope else ''}"
             bench(f"wmzoo_fwd_{suffix}", f)
             bench(f"wmzoo_fwdbwd_{suffix}", fwdbwd(f))
-    triton_backend.FORCE_SEGMENTS = 0
     try:
         mcs = mamba_fn() if mamba_chunks else None
         for q in mamba_chunks:
@@ -252,10 +247,6 @@ def main():
                     help="time wmzoo alone (no anchors, no compiled reference): A/B calls of two trees")
     ap.add_argument("--split-rope", action="store_true",
                     help="the backward's chunk-local split with RoPE too (triton_backend.LOCAL_WITH_ROPE)")
-    ap.add_argument("--segments", default="0",
-                    help="comma-separated segment counts per sequence to time wmzoo with (0: the backend's "
-                         "choice; others force triton_backend.FORCE_SEGMENTS): does cutting sequences into "
-                         "more parallel programs beat the sweeps' serial chunks at a full grid?")
     ap.add_argument("--configs", help="probe.json of ssd_probe_configs.py: time only configs it passed")
     ap.add_argument("--shapes", default=",".join(str(i) for i in range(len(SHAPES))),
                     help="comma-separated indices into SHAPES (the whole table took more than one 10-minute "
@@ -267,7 +258,6 @@ def main():
     sections = set(args.sections.split(","))
     if not set(shapes) <= set(range(len(SHAPES))) or not sections <= {"correct", "time", "decode"}:
         raise SystemExit(f"--shapes: indices in 0..{len(SHAPES) - 1}; --sections: a subset of correct,time,decode")
-    SEGMENT_COUNTS[:] = [int(v) for v in args.segments.split(",")]
     if args.configs:
         use_probed_configs(args.configs)
     if args.split_rope:
