@@ -109,8 +109,9 @@ def ssd_cases():
     for rope in (False, True):
         tag = "RoPE" if rope else "no RoPE"
         yield f"SSD forward, {tag}", _ssd_fwd_kernel, dict(tiles, ROPE=rope, HAS_D=True, HAS_H0=False, WRITE_FINAL=True)
+        # the backend's n_blocks: the forward sweep carries n 128 as two blocks of 64
         yield f"SSD backward forward sweep, {tag}", _ssd_bwd_forward_sweep, dict(
-            tiles, ROPE=rope, HAS_DFINAL=False, HAS_H0=False)
+            tiles, NB=64, ROPE=rope, HAS_DFINAL=False, HAS_H0=False)
         if not rope:  # with RoPE the reverse sweep computes the in-chunk terms itself
             yield f"SSD backward chunk-local terms, {tag}", _ssd_bwd_chunk_local, dict(tiles, ROPE=rope)
         yield f"SSD backward reverse sweep, {tag}", _ssd_bwd_reverse_sweep, dict(

@@ -147,6 +147,21 @@ FORCE_LOCAL_PIECES = 0  # > 0: that many pieces everywhere (tests of the GPU's s
 LOCAL_WITH_ROPE = False
 
 
+# The backward's forward sweep carries the state's n columns in two blocks, one program each
+# (twice the programs, half the registers of the state and the B / C tiles each): every one of
+# its kernels sat at the 255-register cap, spilling, with one or two programs per SM (ssd.md
+# run 10: it waits on loads and barriers, not on arithmetic or bandwidth). Off: one block.
+SWEEP_N_SPLIT = True
+
+
+def n_blocks(nb: int, floor: int) -> tuple[int, int]:
+    """(blocks, block width) of the state's nb columns in the forward sweep: two halves when
+    each is still a legal tile side (>= floor), else one."""
+    if SWEEP_N_SPLIT and nb >= 2 * floor:
+        return 2, nb // 2
+    return 1, nb
+
+
 def local_pieces(device: torch.device) -> int:
     """Runs of chunks per sequence for the chunk-local kernel (CPU: one, the interpreter is
     fastest with few programs)."""
@@ -258,16 +273,20 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
         ends = dfinal_state.contiguous() if dfinal_state is not None else None
 
     dC_heads = _grad_buffer(C, h, varlen)
-    c_dc = x.new_empty(b * t, h, dtype=torch.float32)  # C~_t . dC~_t (state part)
-    d_final = x.new_empty(seqs * segs, h, dtype=torch.float32)  # <dfinal, final> (one segment)
-    launch(_ssd_bwd_forward_sweep)[grid](
+    # The forward sweep's programs each carry a block of the state's columns (n_blocks); the
+    # row sums over n come back as one part per block.
+    parts, block_n = n_blocks(tiles["NB"], _min_tile(x))
+    c_dc = x.new_empty(b * t, h, parts, dtype=torch.float32)  # C~_t . dC~_t (state part)
+    d_final = x.new_empty(seqs * segs, h, parts, dtype=torch.float32)  # <dfinal, final> (one segment)
+    launch(_ssd_bwd_forward_sweep)[grid + (parts,)](
         dy, A if ends is None else ends, x, dt, A, B, C, A if starts is None else starts,
         cu, cos, sin,
         dC_heads, c_dc, d_final,
         t, h, g, p, n, half, segs,
         HAS_DFINAL=segs == 1 and ends is not None, HAS_H0=starts is not None, HAS_CU=varlen,
-        **common,
+        **dict(common, NB=block_n),
     )
+    c_dc, d_final = c_dc.sum(-1), d_final.sum(-1)
 
     dx = _output(x, varlen)
     ddt = _output(dt, varlen)

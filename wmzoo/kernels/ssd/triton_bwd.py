@@ -59,12 +59,12 @@ from .triton_common import (
 
 
 @triton.jit
-def rotated_operands(Bg, Cg, row_stride, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF,
+def rotated_operands(Bg, Cg, row_stride, row0, steps, row_mask, cos_ptr, sin_ptr, col0, N, HALF,
                      NB: tl.constexpr, ROPE: tl.constexpr, DOT: tl.constexpr):
     """B~ and C~ of a chunk as the backward uses them: rotated, then rounded once to what tl.dot
     sees (operand), so that products and elementwise uses see the same values."""
-    b = load_rotated(Bg, row_stride, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
-    c = load_rotated(Cg, row_stride, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+    b = load_rotated(Bg, row_stride, row0, steps, row_mask, cos_ptr, sin_ptr, col0, N, HALF, NB, ROPE)
+    c = load_rotated(Cg, row_stride, row0, steps, row_mask, cos_ptr, sin_ptr, col0, N, HALF, NB, ROPE)
     if ROPE:  # without RoPE the loads are exact in the half type already
         b = operand(b, DOT)
         c = operand(c, DOT)
@@ -95,8 +95,14 @@ def _ssd_bwd_forward_sweep(
     ROPE: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
 ):
+    """Program (k, head, j) carries columns [j NB, (j + 1) NB) of the state: S's columns
+    evolve independently, and so do dC~'s (dy_t^T S and the in-chunk sum over B~_s). Only the
+    row sums over n (C~ . dC~ and <dfinal, final>) need every block: each block writes its
+    part (last axis of cdc / dff, as many as programs on axis 2) and the backend adds them."""
     k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
     head = tl.program_id(1)
+    col0 = tl.program_id(2) * NB
+    parts = tl.num_programs(2)
     offs_p = tl.arange(0, BLOCK_P)
     steps = tl.arange(0, Q)
     start, end, c0, c1 = program_chunks(cu_ptr, k, T, Q, SEGS, HAS_CU)
@@ -105,7 +111,7 @@ def _ssd_bwd_forward_sweep(
     Bg = B_ptr + group * N
     Cg = C_ptr + group * N
     dCh = dC_ptr + head * N  # dC~ per head: (tokens, h, n)
-    s = load_state(h0_ptr, k, head, H, P, N, offs_p, HAS_H0, BLOCK_P, NB)
+    s = load_state(h0_ptr, k, head, H, P, N, offs_p, col0, HAS_H0, BLOCK_P, NB)
     causal = steps[:, None] >= steps[None, :]
 
     for c in range(c0, c1):
@@ -118,18 +124,18 @@ def _ssd_bwd_forward_sweep(
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))
         dyxd = mm(dy, tl.trans(x), DOT) * (dt[None, :] * decay)  # [t, s]; x, dy exact operands
-        b, c_t = rotated_operands(Bg, Cg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
+        b, c_t = rotated_operands(Bg, Cg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, col0, N, HALF, NB, ROPE, DOT)
         st = tl.exp(lam)[:, None] * mm_split_b(dy, s, DOT)
         dc = mm(dyxd, b, DOT) + st
-        # C~ . dC~ through the state only (see module doc)
-        tl.store(cdc_ptr + rows * H + head, tl.sum(c_t * st, axis=1), mask=row_mask)
-        store_cols(dCh, H * N, rows, row_mask, 0, N, dc, NB)
+        # C~ . dC~ through the state only (see module doc), this block's columns
+        tl.store(cdc_ptr + (rows * H + head) * parts + tl.program_id(2), tl.sum(c_t * st, axis=1), mask=row_mask)
+        store_cols(dCh, H * N, rows, row_mask, col0, N - col0, dc, NB)
         weighted = tl.trans(xd * tl.exp(lam_end - lam)[:, None])
         s = tl.exp(lam_end) * s + mm_split_a(weighted, b, DOT)
 
-    # <dfinal, final>: the final state's term of dL/dG, at the last token.
-    f = load_state(dfinal_ptr, k, head, H, P, N, offs_p, HAS_DFINAL, BLOCK_P, NB)
-    tl.store(dff_ptr + k * H + head, tl.sum(tl.sum(f * s, axis=1), axis=0))
+    # <dfinal, final>: the final state's term of dL/dG, at the last token (this block's part).
+    f = load_state(dfinal_ptr, k, head, H, P, N, offs_p, col0, HAS_DFINAL, BLOCK_P, NB)
+    tl.store(dff_ptr + (k * H + head) * parts + tl.program_id(2), tl.sum(tl.sum(f * s, axis=1), axis=0))
 
 
 @autotuned(configs(((4, 1), (4, 2), (8, 1))), key=TILE_KEY)
@@ -160,7 +166,7 @@ def _ssd_bwd_chunk_local(
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
-        b, c_t = rotated_operands(Bg, Cg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
+        b, c_t = rotated_operands(Bg, Cg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, 0, N, HALF, NB, ROPE, DOT)
         db_in, dxd_in, dg_in = in_chunk_terms(x, dy, dt, lam, b, c_t, causal_t, DOT)
         store_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, N, db_in, NB)
         store_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, dxd_in, BLOCK_P)
@@ -191,7 +197,7 @@ def _ssd_bwd_reverse_sweep(
     Cg = C_ptr + group * N
     dBh = dB_ptr + head * N  # dB~ per head: (tokens, h, n)
     causal_t = steps[:, None] <= steps[None, :]  # [s, t]: t >= s (when not LOCAL)
-    ds = load_state(dfinal_ptr, k, head, H, P, N, offs_p, HAS_DFINAL, BLOCK_P, NB)
+    ds = load_state(dfinal_ptr, k, head, H, P, N, offs_p, 0, HAS_DFINAL, BLOCK_P, NB)
     if HAS_D:
         skip = tl.load(D_ptr + head).to(tl.float32)
     # d a_s = sum over t >= s of dL/dG_t; the final state's term sits at the last token. What
@@ -209,7 +215,7 @@ def _ssd_bwd_reverse_sweep(
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         to_end = tl.exp(lam_end - lam)[:, None]
         dt_to_end = dt[:, None] * to_end  # xd dS = dt (x dS): x is exact in the half type
-        b, c_t = rotated_operands(Bg, Cg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
+        b, c_t = rotated_operands(Bg, Cg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, 0, N, HALF, NB, ROPE, DOT)
         from_state = mm(b, tl.trans(ds), DOT)  # dS B~_s, for dxd
         sb = dt_to_end * mm_split_b(x, ds, DOT)
         b_db = tl.sum(b * sb, axis=1)
@@ -239,7 +245,7 @@ def _ssd_bwd_reverse_sweep(
         ds = tl.exp(lam_end) * ds + mm_split_a(weighted, c_t, DOT)
 
     # dS at the sequence start = d initial_state, from the first segment's program
-    store_state(dh0_ptr, k // SEGS, head, H, P, N, offs_p, ds, k % SEGS == 0, NB)
+    store_state(dh0_ptr, k // SEGS, head, H, P, N, offs_p, 0, ds, k % SEGS == 0, NB)
     # Per-(sequence, head) partial sums; the backend adds them up (deterministic, no atomics).
     tl.store(dA_ptr + k * H + head, dA_acc)
     tl.store(dD_ptr + k * H + head, dD_acc)
