@@ -9,7 +9,7 @@ P64 N128 (g = h, bf16), and sums each kernel's device time over a few calls (tor
 Read it beside benchmarks/kernel_resources.py's registers and spills per config: the sweeps
 are chains of dependent chunk steps, and whether their time follows spills or occupancy (how
 many programs fit an SM) decides the backward's next form (docs/benchmarks/NOTES.md).
-``--n-split`` times the backward's forward sweep with the state's columns in two blocks (1, the
+``--n-split`` times the backward's sweeps with the state's columns in two blocks (1, the
 backend's default) and in one (0), triton_backend.SWEEP_N_SPLIT.
 Writes kernel_configs.json: {"rope<r>_split<s>": {config: {kernel: ms per call}}}.
 """
@@ -32,7 +32,8 @@ from wmzoo.kernels.ssd import triton_backend, triton_bwd, triton_fwd  # noqa: E4
 
 CONFIGS = [(4, 1), (8, 1), (4, 2), (8, 2)]
 KERNELS = {"fwd": triton_fwd._ssd_fwd_kernel, "bwd_forward_sweep": triton_bwd._ssd_bwd_forward_sweep,
-           "bwd_chunk_local": triton_bwd._ssd_bwd_chunk_local, "bwd_reverse_sweep": triton_bwd._ssd_bwd_reverse_sweep}
+           "bwd_state_sweep": triton_bwd._ssd_bwd_state_sweep, "bwd_chunk_local": triton_bwd._ssd_bwd_chunk_local,
+           "bwd_reverse_sweep": triton_bwd._ssd_bwd_reverse_sweep}
 CALLS = 5
 
 
