@@ -39,7 +39,7 @@ H200_SHARED = 232448  # bytes of shared memory per block (opt-in maximum)
 # (the H200's autotune keys of run 6 show a float32 bias).
 BF16_PTRS = {"x_ptr", "B_ptr", "C_ptr", "dy_ptr", "y_ptr", "dx_ptr", "dB_ptr", "dC_ptr",
              "q_ptr", "k_ptr", "v_ptr", "o_ptr", "do_ptr", "dq_ptr", "dk_ptr", "dv_ptr"}
-INT_PTRS = {"cu_ptr", "info_ptr", "kept_ptr", "theta_ptr"}
+INT_PTRS = {"cu_ptr", "info_ptr", "kept_ptr", "theta_ptr", "order_ptr", "last_ptr"}
 
 
 def ptxas() -> str:
@@ -132,8 +132,9 @@ def dmattn_cases():
     for window in (False, True):
         yield f"DMAttn forward, window {window}", fwd.fwd_kernel, dict(flags, WINDOW=window, BLOCK_M=128)
     yield "DMAttn backward dq, no window", bwd.bwd_q_kernel, dict(flags, WINDOW=False, ATOMIC=False, BLOCK_M=128)
-    for window in (False, True):  # with a window: deterministic mode's dk / dv / dbias
-        yield f"DMAttn backward dk dv dbias (key-major), window {window}", bwd.bwd_kv_kernel, dict(flags, WINDOW=window)
+    yield "DMAttn backward dk dv dbias (key-major), no window", bwd.bwd_kv_kernel, flags
+    yield ("DMAttn backward dk dv dbias (key-major, sorted key tiles), window", bwd.bwd_kv_window_kernel,
+           dict(BLOCK_D=128, UPCAST=False, IEEE=False))
 
 
 def main() -> None:

@@ -98,6 +98,32 @@ def test_dmattn_kernels_are_seen_writing_their_outputs(hopper, monkeypatch, varl
 
 
 @pytest.mark.parametrize("varlen", [False, True])
+def test_dmattn_windowed_backward_kernels_are_seen_writing_their_outputs(hopper, monkeypatch, varlen):
+    """The windowed backward without atomics: dq, each key's last keeping query, and the
+    key-major kernel's dk, dv, dbias stored at gathered key rows. (The key order is reported
+    written too: the stores' addresses come from values loaded from it.)"""
+    backend = importlib.import_module("wmzoo.kernels.dmattn.triton_backend")
+    calls = record_launches(monkeypatch, backend)
+    order_calls = record_launches(monkeypatch, importlib.import_module("wmzoo.kernels.dmattn.triton_key_order"))
+    monkeypatch.setattr(backend, "WINDOW_ATOMIC", False)
+    t, h, hkv, d, w = 300, 4, 2, 64, 50
+    q = torch.randn(1, t, h, d, dtype=torch.bfloat16)
+    k, v = (torch.randn(1, t, hkv, d, dtype=torch.bfloat16) for _ in range(2))
+    bias, lse = torch.randn(1, hkv, t), torch.randn(1, h, t)
+    cu = torch.tensor([0, 120, t], dtype=torch.int32) if varlen else None
+    blocks = backend.block_layout(t, cu, backend.BLOCK_M, q.device).n_blocks
+    kept = torch.zeros(1, hkv, blocks, w, dtype=torch.int32)
+    theta = torch.full((1, hkv, t), -1, dtype=torch.int32)
+    backend.backward(torch.randn_like(q), q, k, v, bias, torch.randn_like(q), lse, kept, kept.float(), theta,
+                     cu, w, d ** -0.5)
+    calls += order_calls
+    expected = {"_bwd_q_kernel": {"dq_ptr"}, "_last_query_kernel": {"last_ptr"},
+                "_bwd_kv_window_kernel": {"dk_ptr", "dv_ptr", "db_ptr"}}
+    assert sorted(jit_function(kern).__name__ for kern, _, _ in calls) == sorted(expected)
+    check(calls, expected, read_only={"q_ptr", "k_ptr", "v_ptr", "b_ptr", "do_ptr", "delta_ptr", "theta_ptr"})
+
+
+@pytest.mark.parametrize("varlen", [False, True])
 def test_dmattn_window_selection_kernels_are_seen_writing_their_outputs(hopper, monkeypatch, varlen):
     """The selection writes its lists in place into buffers made by torch.full, and its scan
     steps read one buffer and write the other: traced, a missed write would leave them at -1.

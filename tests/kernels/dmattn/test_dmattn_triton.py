@@ -164,6 +164,45 @@ def test_window_selection_lists_and_thresholds(t, w, cu, kind):
 
 
 @pytest.mark.interpret
+@pytest.mark.parametrize("t,w,cu,kind", [(300, 70, None, "ties"), (257, 1, None, "falling"),
+                                         (200, 9, [0, 30, 31, 95, 200], "ties")])
+def test_key_order_last_query(t, w, cu, kind):
+    """Each key's last keeping query against the explicit rank-count mask (keep_mask): the last
+    i of its sequence whose window holds j, -1 when none does; the order is a permutation of
+    every position of the row (each key in exactly one key-major tile)."""
+    gen = torch.Generator().manual_seed(t * w)
+    bias = make_bias(kind, (2, 2, t), gen)
+    cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    layout = triton_backend.block_layout(t, cut, triton_backend.BLOCK_M, bias.device)
+    _, _, theta = triton_backend.select_window(bias, w, triton_backend.BLOCK_M, layout)
+    order, last = triton_backend.key_order(bias, theta, w, layout)
+    bounds = [0, t] if cu is None else cu
+    for x in range(2):
+        for y in range(2):
+            assert sorted(order[x, y].tolist()) == list(range(t))
+            for s0, s1 in zip(bounds[:-1], bounds[1:]):
+                mask = keep_mask(bias[x, y, s0:s1], w)  # [i, j]
+                rows = torch.arange(s0, s1)[:, None].expand_as(mask)
+                want = torch.where(mask, rows, -1).amax(0)
+                assert last[x, y, s0:s1].tolist() == want.tolist(), (x, y, s0)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("b,t,h,hkv,d,w,dtype,bias_kind,cu", [
+    (2, 63, 4, 1, 48, 7, torch.float16, "ties", None),
+    (1, 257, 2, 1, 32, 33, torch.float16, "falling", None),
+    (1, 257, 4, 2, 16, 1, torch.float32, "normal", None),
+    (2, 200, 2, 2, 16, 45, torch.float32, "normal", None),
+    (1, 200, 4, 2, 32, 9, torch.float32, "ties", [0, 30, 31, 95, 200]),
+])
+def test_key_major_window_backward(monkeypatch, b, t, h, hkv, d, w, dtype, bias_kind, cu):
+    """The windowed backward with dk / dv / dbias from the key-major sorted tiles instead of the
+    dq kernel's atomics (WINDOW_ATOMIC off; deterministic mode always takes this path)."""
+    monkeypatch.setattr(triton_backend, "WINDOW_ATOMIC", False)
+    run_case(b, t, h, hkv, d, w, dtype, bias_kind, cu=cu)
+
+
+@pytest.mark.interpret
 @pytest.mark.parametrize("s,h,hkv,d,dtype", [(1, 2, 1, 16, torch.float32), (300, 4, 2, 64, torch.float16), (77, 8, 2, 128, torch.float32)])
 def test_decode_matches_brute_force(s, h, hkv, d, dtype):
     gen = torch.Generator().manual_seed(1)
@@ -265,7 +304,7 @@ def test_training_step_selects_once(monkeypatch):
 def test_deterministic_mode(monkeypatch, deterministic, w, cu):
     """With torch.use_deterministic_algorithms(True) everything stays on the Triton kernels
     (pinned configs, kernels/autotune); with a window the dk / dv / dbias come from the
-    key-major kernel with the window as a mask instead of atomic adds. Gradients stay exact.
+    key-major window kernel instead of atomic adds. Gradients stay exact.
     (Deterministic mode also fills torch.empty with NaN: a kernel that leaves part of an output
     unwritten fails here.)"""
     atomic = []  # the ATOMIC constexpr of each dq launch

@@ -18,10 +18,12 @@ from .triton_bwd import (
     _bwd_q_kernel,
     bwd_kv_kernel,
     bwd_kv_kernel_varlen,
+    bwd_kv_window_kernel,
     bwd_q_kernel,
 )
 from .triton_decode import _decode_kernel, _merge_kernel, _replace_lowest_kernel
 from .triton_fwd import fwd_kernel
+from .triton_key_order import key_order
 from .triton_layout import block_layout
 from .triton_select import select_window
 
@@ -55,6 +57,12 @@ def _window(keep_window: int, t: int) -> int:
 # it. The interpreter runs fewer, larger programs faster, and 32 still gives several blocks at
 # the test sizes; on the GPU 128 queries per block amortize each gathered key over more rows.
 BLOCK_M = 32 if INTERPRET else 128
+
+# With a window, dk / dv / dbias come from the dq kernel's fp32 atomic adds (True) or from the
+# key-major kernel over sorted key tiles (triton_key_order; deterministic, so torch's
+# deterministic mode always takes it). The atomics' traffic (2.4 GB at B1 H16 T16384 w 1024)
+# against the key-major form's ~1.5x pairs and separate dq pass: not yet timed (NOTES).
+WINDOW_ATOMIC = True
 
 
 def _flags(q: torch.Tensor, d: int, varlen: bool) -> dict:
@@ -125,10 +133,9 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
     hkv = k.shape[2]
     g = h // hkv
     w = _window(keep_window, t)
-    # With a window the query-major kernel adds dk, dv, dbias with atomics, which land in no
-    # fixed order; in torch's deterministic mode the key-major kernel computes them instead,
-    # masking what the window drops (deterministic, at the cost of the backward without one).
-    atomic = bool(w) and not torch.are_deterministic_algorithms_enabled()
+    # With a window the query-major kernel may add dk, dv, dbias with atomics, which land in no
+    # fixed order; in torch's deterministic mode the key-major window kernel computes them.
+    atomic = bool(w) and WINDOW_ATOMIC and not torch.are_deterministic_algorithms_enabled()
     # (b, h, t). Its own strides go to the kernels: under torch.compile it is a buffer whose
     # layout Inductor picks (same stride order, exact strides not promised, e.g. when it pads
     # static shapes), so it need not match lse's, as the kernels once assumed.
@@ -167,17 +174,20 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
     args = (q, k, v, bias_c, do, lse, delta, dk, dv, dbias)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
                *dk.stride()[:3], *dv.stride()[:3], dbias.stride(0), dbias.stride(1),
-               bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1), delta.stride(0), delta.stride(1),
-               theta.stride(0) if w else 0, theta.stride(1) if w else 0)
-    flags = dict(flags, WINDOW=bool(w))
-    if cu_seqlens is None:
+               bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1), delta.stride(0), delta.stride(1))
+    if w:
+        order, last = key_order(bias_c, theta, w, layout)  # same (contiguous) layout, one stride pair
+        launch(bwd_kv_window_kernel)[lambda meta: (triton.cdiv(t, meta["BLOCK_N"]), b * hkv)](
+            *args, order, last, scale, t, d, hkv, g, *strides, order.stride(0), order.stride(1),
+            BLOCK_D=flags["BLOCK_D"], UPCAST=flags["UPCAST"], IEEE=flags["IEEE"])
+    elif cu_seqlens is None:
         n_blk = lambda meta: triton.cdiv(t, meta["BLOCK_N"])  # noqa: E731
         launch(bwd_kv_kernel)[lambda meta: (n_blk(meta), b * hkv)](
-            *args, layout.blk_info, theta, scale, t, d, hkv, g, 0, *strides, VARLEN=False, **flags)
+            *args, layout.blk_info, scale, t, d, hkv, g, 0, *strides, VARLEN=False, **flags)
     else:
         kv_layout = block_layout(t, cu_seqlens, KV_VARLEN_BLOCK_N, q.device)
         launch(bwd_kv_kernel_varlen)[(kv_layout.n_blocks, b * hkv)](
-            *args, kv_layout.blk_info, theta, scale, t, d, hkv, g, kv_layout.n_blocks, *strides,
+            *args, kv_layout.blk_info, scale, t, d, hkv, g, kv_layout.n_blocks, *strides,
             VARLEN=True, BLOCK_N=KV_VARLEN_BLOCK_N, **flags)
     return dq, dk, dv, dbias
 

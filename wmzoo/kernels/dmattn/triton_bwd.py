@@ -10,9 +10,12 @@ the query heads of the key's kv head.
   be inverted into dense key-major work.
 * ``_bwd_kv_kernel`` (key-major) owns a key block of one kv head, loops over the query heads of
   that kv head and the causal queries, and accumulates dk, dv, dbias in registers: no atomics,
-  deterministic. With WINDOW it masks the pairs the window drops (from the thresholds theta),
-  still visiting every causal query: the deterministic windowed backward (dq from
-  ``_bwd_q_kernel`` without ATOMIC), at the cost of the backward without a window.
+  deterministic.
+* ``_bwd_kv_window_kernel`` is the same with a window, over tiles of keys gathered in the order
+  of triton_key_order: a tile visits only the queries from its earliest key to its latest
+  last-keeping query, and the mask of a pair is ``j <= i <= last_j``. Every key sits in one
+  tile, so dk, dv, dbias are written once, without atomics (dq from ``_bwd_q_kernel`` without
+  ATOMIC).
 """
 
 from __future__ import annotations
@@ -186,20 +189,12 @@ def _bwd_kv_tile(dk, dv, db, k, v, bj, q_ptr, do_ptr, l_ptr, d_ptr, rows, row_ok
 
 
 @triton.jit
-def _kept(theta_ptr, b_ptr, rows, row_ok, key_bias, keys):
-    """[key, query] mask of the window for the query ``rows`` (key-major tiles)."""
-    th_idx, th_b = load_thresholds(theta_ptr, b_ptr, rows, row_ok)
-    return kept_by(key_bias[:, None], keys[:, None], th_b[None, :], th_idx[None, :])
-
-
-@triton.jit
 def _bwd_kv_kernel(
-    q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, db_ptr, info_ptr, theta_ptr,
+    q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, db_ptr, info_ptr,
     sm_scale, T, D, HKV, G, N_BLK,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_dob, s_dot, s_doh,
     s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_dbb, s_dbh, s_bb, s_bh, s_lb, s_lh, s_deb, s_deh,
-    s_thb, s_thh,
-    VARLEN: tl.constexpr, WINDOW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    VARLEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr,
 ):
     tl.static_assert(BLOCK_N % BLOCK_M == 0)
@@ -217,9 +212,7 @@ def _bwd_kv_kernel(
     col_ok = offs_n < end
     k = load_rows(k_ptr, offs_n, col_ok, s_kt, offs_d, D, UPCAST)
     v = load_rows(v_ptr, offs_n, col_ok, s_vt, offs_d, D, UPCAST)
-    braw = tl.load(b_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)
-    bj = braw * 1.4426950408889634
-    theta_ptr += bi64 * s_thb + hk * s_thh
+    bj = tl.load(b_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * 1.4426950408889634
     # Inductor may hand a float argument over as fp64 (dynamic shapes); keep the math fp32.
     sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
@@ -240,18 +233,12 @@ def _bwd_kv_kernel(
             offs_m = m0 + tl.arange(0, BLOCK_M)
             row_ok = offs_m < end
             mask = col_ok[:, None] & row_ok[None, :] & (offs_m[None, :] >= offs_n[:, None])
-            if WINDOW:
-                mask = mask & _kept(theta_ptr, b_ptr, offs_m, row_ok, braw, offs_n)
             dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr, offs_m, row_ok,
                                       mask, s_qt, s_dot, offs_d, D, qk_scale, UPCAST, IEEE, True)
         for m0 in range(diag_end, end, BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)
             row_ok = offs_m < end
-            if WINDOW:
-                mask = col_ok[:, None] & row_ok[None, :] & _kept(theta_ptr, b_ptr, offs_m, row_ok, braw, offs_n)
-                dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr, offs_m, row_ok,
-                                          mask, s_qt, s_dot, offs_d, D, qk_scale, UPCAST, IEEE, True)
-            elif EVEN:
+            if EVEN:
                 dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr,
                                           tl.minimum(offs_m, end - 1), row_ok, None, s_qt, s_dot, offs_d, D,
                                           qk_scale, UPCAST, IEEE, False)
@@ -266,6 +253,65 @@ def _bwd_kv_kernel(
     tl.store(db_ptr + bi64 * s_dbb + hk * s_dbh + offs_n, db.to(db_ptr.dtype.element_ty), mask=col_ok)
 
 
+
+@triton.jit
+def _bwd_kv_window_kernel(
+    q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, db_ptr, order_ptr, last_ptr,
+    sm_scale, T, D, HKV, G,
+    s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_dob, s_dot, s_doh,
+    s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_dbb, s_dbh, s_bb, s_bh, s_lb, s_lh, s_deb, s_deh,
+    s_ob, s_oh,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    """dk, dv, dbias of the keys order[pid * BLOCK_N:][:BLOCK_N] of one (batch row, kv head):
+    query i reaches key j iff j <= i <= last[j] (triton_key_order), which also keeps every
+    pair inside one sequence of a packed batch."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    bi = pid_bh // HKV
+    hk = pid_bh % HKV
+    bi64 = bi.to(tl.int64)
+    slot = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = slot < T
+    row = bi64 * s_ob + hk * s_oh
+    kj = tl.load(order_ptr + row + slot, mask=col_ok, other=0)
+    lj = tl.load(last_ptr + row + kj, mask=col_ok, other=-1)
+    live = col_ok & (lj >= 0)
+    k_ptr += bi64 * s_kb + hk * s_kh
+    v_ptr += bi64 * s_vb + hk * s_vh
+    b_ptr += bi64 * s_bb + hk * s_bh
+    offs_d = tl.arange(0, BLOCK_D)
+    k = load_rows(k_ptr, kj, live, s_kt, offs_d, D, UPCAST)
+    v = load_rows(v_ptr, kj, live, s_vt, offs_d, D, UPCAST)
+    bj = tl.load(b_ptr + kj, mask=live, other=0.0).to(tl.float32) * 1.4426950408889634
+    sm_scale = tl.cast(sm_scale, tl.float32)  # fp64 under Inductor's dynamic shapes
+    qk_scale = sm_scale * 1.4426950408889634
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    db = tl.zeros([BLOCK_N], dtype=tl.float32)
+    # the tile's queries: from its earliest kept key to its latest last-keeping query (an empty
+    # range for a tile of never-kept keys, which stores zeros)
+    q_lo = tl.min(tl.where(live, kj, T), axis=0)
+    q_hi = tl.max(tl.where(live, lj, -1), axis=0) + 1
+    for g in range(0, G):
+        hq = hk * G + g
+        qh_ptr = q_ptr + bi64 * s_qb + hq * s_qh
+        doh_ptr = do_ptr + bi64 * s_dob + hq * s_doh
+        l_ptr = lse_ptr + bi64 * s_lb + hq * s_lh
+        d_ptr = delta_ptr + bi64 * s_deb + hq * s_deh
+        for m0 in range(q_lo, q_hi, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            row_ok = offs_m < q_hi
+            mask = live[:, None] & (offs_m[None, :] >= kj[:, None]) & (offs_m[None, :] <= lj[:, None])
+            dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr, offs_m, row_ok,
+                                      mask, s_qt, s_dot, offs_d, D, qk_scale, UPCAST, IEEE, True)
+    d_ok = col_ok[:, None] & (offs_d[None, :] < D)
+    rows = kj[:, None].to(tl.int64)
+    tl.store(dk_ptr + bi64 * s_dkb + hk * s_dkh + rows * s_dkt + offs_d[None, :], (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=d_ok)
+    tl.store(dv_ptr + bi64 * s_dvb + hk * s_dvh + rows * s_dvt + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=d_ok)
+    tl.store(db_ptr + bi64 * s_dbb + hk * s_dbh + kj, db.to(db_ptr.dtype.element_ty), mask=col_ok)
+
 # First: the H200's choice at B4 H16 T4096 D128 (dmattn.md run 6), which also fits at head dim
 # 256 (96 KB of shared memory); deterministic mode pins it (kernels/autotune).
 _KV_CONFIGS = [(32, 32, 4, 1)] if INTERPRET else [
@@ -275,11 +321,11 @@ _KV_CONFIGS = [(32, 32, 4, 1)] if INTERPRET else [
 bwd_kv_kernel = Autotuned(
     _bwd_kv_kernel,
     [triton.Config({"BLOCK_N": n, "BLOCK_M": m}, num_warps=w, num_stages=s) for n, m, w, s in _KV_CONFIGS],
-    key=["D", "G", "VARLEN", "WINDOW"])
+    key=["D", "G", "VARLEN"])
 bwd_kv_kernel_varlen = Autotuned(
     _bwd_kv_kernel,
     [triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=s) for n, m, w, s in _KV_CONFIGS if n == _KV_CONFIGS[0][0]],
-    key=["D", "G", "VARLEN", "WINDOW"])
+    key=["D", "G", "VARLEN"])
 KV_VARLEN_BLOCK_N = _KV_CONFIGS[0][0]
 # dq without a window; with one (and ATOMIC), the kernel adds dk, dv, dbias with atomics and
 # must run once.
@@ -287,3 +333,13 @@ KV_VARLEN_BLOCK_N = _KV_CONFIGS[0][0]
 bwd_q_kernel = _tuned(_bwd_q_kernel, [(32, 4, 1)] if INTERPRET else [(64, 8, 2), (32, 4, 3), (32, 8, 3), (64, 4, 2)],
                       key=["D", "G", "VARLEN", "BLOCK_M"])
 BWD_Q_WINDOW_CONFIG = dict(BLOCK_N=32, num_warps=4, num_stages=1) if INTERPRET else dict(BLOCK_N=64, num_warps=8, num_stages=2)
+
+# The window's key-major kernel: its key tile sets how alike the gathered keys' query ranges
+# are (triton_key_order: 1.47x the kept pairs at 64 keys, 1.31x at 32), so both are tuned.
+# First (deterministic mode's): the least spilling at 64 keys on triton 3.7 for sm_90a (0.2 KB).
+_KV_WINDOW_CONFIGS = [(32, 32, 4, 1)] if INTERPRET else [
+    (64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 3), (32, 32, 4, 3), (64, 64, 4, 2)]
+bwd_kv_window_kernel = Autotuned(
+    _bwd_kv_window_kernel,
+    [triton.Config({"BLOCK_N": n, "BLOCK_M": m}, num_warps=w, num_stages=s) for n, m, w, s in _KV_WINDOW_CONFIGS],
+    key=["D", "G"])
