@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import REL_TOL, assert_close, rel_err
-from wmzoo.kernels.dmattn import DMAttnCache, dmattn, dmattn_bwd, dmattn_fwd, triton_backend
+from wmzoo.kernels.dmattn import DMAttnCache, dmattn, dmattn_bwd, dmattn_fwd, triton_backend, triton_select
 from wmzoo.kernels.registry import Unsupported, launch
 
 
@@ -133,13 +133,17 @@ def ranked(bias: torch.Tensor, keys: range) -> list[int]:
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("t,w,cu,kind", [(257, 40, None, "normal"), (300, 70, None, "ties"), (257, 1, None, "normal"),
-                                         (200, 9, [0, 30, 31, 95, 200], "ties"), (260, 33, [0, 200, 260], "rising")])
-def test_window_selection_lists_and_thresholds(t, w, cu, kind):
+@pytest.mark.parametrize("t,w,cu,kind,chunk", [(257, 40, None, "normal", 128), (300, 70, None, "ties", 16),
+                                               (257, 1, None, "normal", 128),
+                                               (200, 9, [0, 30, 31, 95, 200], "ties", 4),
+                                               (260, 33, [0, 200, 260], "rising", 128)])
+def test_window_selection_lists_and_thresholds(monkeypatch, t, w, cu, kind, chunk):
     """The selection itself, against sorting written here: block m's list holds the top-w keys
     of its sequence before the block, best first, -1 after; theta[i] is the w-th best key of
     i's causal prefix in its sequence, -1 while that prefix has fewer than w keys. Batch rows and
-    heads (b 2, hkv 2) have their own biases; up to 10 blocks per sequence: 4 scan steps."""
+    heads (b 2, hkv 2) have their own biases; up to 10 blocks per sequence: 4 scan steps; a
+    small chunk splits each merge over several scan programs."""
+    monkeypatch.setattr(triton_select, "SCAN_CHUNK", chunk)
     gen = torch.Generator().manual_seed(t + w)
     bias = make_bias(kind, (2, 2, t), gen)
     cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)

@@ -120,16 +120,20 @@ def _block_sort_kernel(
 
 @triton.jit
 def _scan_kernel(
-    blk_info_ptr, in_ptr, inb_ptr, out_ptr, outb_ptr, T, W, N_BLK, D, LEN, SEARCH, s_kb, s_kh,
+    blk_info_ptr, in_ptr, inb_ptr, out_ptr, outb_ptr, T, W, N_BLK, D, LEN, SEARCH, N_CH, s_kb, s_kh,
     VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, CH: tl.constexpr,
 ):
     """out[blk] = top-w(in[blk] + in[blk - D]) where blk - D is in blk's sequence, else in[blk].
     Each input list covers at most D blocks, so it holds at most LEN = min(W, D x BLOCK_M)
     entries: only those slots are visited, and searched in SEARCH = bit_length(LEN) steps (the
-    early steps' lists are short)."""
+    early steps' lists are short). A program moves the slots [c0, c0 + CH) of both lists, one of
+    the N_CH = ceil(LEN / CH) chunks (grid axis 2 is kv head x chunk): an entry's new slot
+    depends on the other list only, so the chunks are independent, and one program per merge
+    walked them in a chain of dependent searches (run 9: ~17 us per merge, 3x the prediction)."""
     pid = tl.program_id(0)
     pid_b = tl.program_id(1)
-    pid_h = tl.program_id(2)
+    pid_h = tl.program_id(2) // N_CH
+    c0 = (tl.program_id(2) % N_CH) * CH  # this program's chunk of both lists' slots
     start, end, i0, lb = _block_info(pid, blk_info_ptr, T, N_BLK, VARLEN, BLOCK_M)
     row = pid_b.to(tl.int64) * s_kb + pid_h * s_kh
     a_idx = in_ptr + row + pid.to(tl.int64) * W
@@ -140,19 +144,17 @@ def _scan_kernel(
     c_b = inb_ptr + row + other.to(tl.int64) * W
     o_idx = out_ptr + row + pid.to(tl.int64) * W
     o_b = outb_ptr + row + pid.to(tl.int64) * W
-    offs_c = tl.arange(0, CH)
-    for c0 in range(0, LEN, CH):
-        slot = c0 + offs_c
-        x_i = tl.load(a_idx + slot, mask=slot < LEN, other=-1)
-        x_b = tl.load(a_b + slot, mask=x_i >= 0, other=0.0)
-        new = slot + tl.where(merge, _count_above(x_b, x_i, c_idx, c_b, LEN, SEARCH), 0)
-        tl.store(o_idx + new, x_i, mask=(x_i >= 0) & (new < W))
-        tl.store(o_b + new, x_b, mask=(x_i >= 0) & (new < W))
-        y_i = tl.load(c_idx + slot, mask=(slot < LEN) & merge, other=-1)
-        y_b = tl.load(c_b + slot, mask=y_i >= 0, other=0.0)
-        new = slot + _count_above(y_b, y_i, a_idx, a_b, LEN, SEARCH)
-        tl.store(o_idx + new, y_i, mask=(y_i >= 0) & (new < W))
-        tl.store(o_b + new, y_b, mask=(y_i >= 0) & (new < W))
+    slot = c0 + tl.arange(0, CH)
+    x_i = tl.load(a_idx + slot, mask=slot < LEN, other=-1)
+    x_b = tl.load(a_b + slot, mask=x_i >= 0, other=0.0)
+    new = slot + tl.where(merge, _count_above(x_b, x_i, c_idx, c_b, LEN, SEARCH), 0)
+    tl.store(o_idx + new, x_i, mask=(x_i >= 0) & (new < W))
+    tl.store(o_b + new, x_b, mask=(x_i >= 0) & (new < W))
+    y_i = tl.load(c_idx + slot, mask=(slot < LEN) & merge, other=-1)
+    y_b = tl.load(c_b + slot, mask=y_i >= 0, other=0.0)
+    new = slot + _count_above(y_b, y_i, a_idx, a_b, LEN, SEARCH)
+    tl.store(o_idx + new, y_i, mask=(y_i >= 0) & (new < W))
+    tl.store(o_b + new, y_b, mask=(y_i >= 0) & (new < W))
 
 
 @triton.jit
@@ -208,6 +210,9 @@ def scan_steps(t: int, block_m: int) -> int:
     return steps
 
 
+SCAN_CHUNK = 128  # list slots per scan program (a test sets fewer: several chunks per merge)
+
+
 def select_window(bias: torch.Tensor, keep_window: int, block_m: int, layout):
     """kept (b, hkv, n_blocks, w) int32, their biases (fp32, same shape) and theta (b, hkv, t)
     int32 for ``bias`` (b, hkv, t), blocks as in ``layout``."""
@@ -224,7 +229,7 @@ def select_window(bias: torch.Tensor, keep_window: int, block_m: int, layout):
     bufs = [(torch.full((b * s0,), -1, dtype=torch.int32, device=dev), torch.zeros(b * s0, dtype=torch.float32, device=dev))
             for _ in range(2)]
     theta = torch.empty(b * hkv * t, dtype=torch.int32, device=dev)
-    ch = min(128, triton.next_power_of_2(w))
+    ch = min(SCAN_CHUNK, triton.next_power_of_2(w))
     log = w.bit_length() + 1
     warps = 8 if block_m >= 128 else 4
     grid = (layout.n_blocks, b, hkv)
@@ -239,9 +244,10 @@ def select_window(bias: torch.Tensor, keep_window: int, block_m: int, layout):
     for step in range(steps):
         (src, src_b), (dst, dst_b) = bufs[cur], bufs[1 - cur]
         length = min(w, block_m << step)  # entries of a list covering 2^step blocks, at most
-        launch(_scan_kernel)[grid](
+        n_ch = triton.cdiv(length, ch)
+        launch(_scan_kernel)[(layout.n_blocks, b, hkv * n_ch)](
             layout.blk_info, src, src_b, dst, dst_b, t, w, layout.n_blocks, 1 << step,
-            length, length.bit_length(), s0, s1,
+            length, length.bit_length(), n_ch, s0, s1,
             VARLEN=layout.varlen, BLOCK_M=block_m, CH=ch, num_warps=4,
         )
         cur = 1 - cur
