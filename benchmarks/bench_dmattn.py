@@ -5,7 +5,9 @@
 
 ``select`` times the window selection alone at every shape (seconds: a first-call check);
 ``deterministic`` times wmzoo's fwd+bwd in torch's deterministic mode (pinned configs; with a
-window, dk / dv / dbias key-major without atomics) beside the same run's default mode.
+window, dk / dv / dbias key-major without atomics) beside the same run's default mode and, with
+a window, the default mode with the key-major backward (``WINDOW_ATOMIC`` off, autotuned): the
+A/B of the two windowed backwards.
 
 Anchors (same run, same GPU): SDPA causal without bias (the ceiling), FlexAttention compiled
 with the bias as score_mod (for windows: the exact window as mask_mod, block mask rebuilt every
@@ -296,6 +298,12 @@ def deterministic():
             bench(f"wmzoo_w{w}_fwdbwd_{tag}", run)
             with deterministic_mode():
                 bench(f"wmzoo_w{w}_fwdbwd_deterministic_{tag}", run)
+            if w:
+                triton_backend.WINDOW_ATOMIC = False
+                try:
+                    bench(f"wmzoo_w{w}_fwdbwd_keymajor_{tag}", run)
+                finally:
+                    triton_backend.WINDOW_ATOMIC = True
 
 
 def main():
