@@ -157,7 +157,7 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
     else:
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         dbias = torch.empty(bias_c.shape, dtype=bias.dtype, device=bias.device)
-    q_kernel, q_cfg = (_bwd_q_kernel, BWD_Q_WINDOW_CONFIG) if w else (bwd_q_kernel, {})
+    q_kernel, q_cfg = (_bwd_q_kernel, BWD_Q_WINDOW_CONFIG) if atomic else (bwd_q_kernel, {})
     launch(q_kernel)[(layout.n_blocks, b * h)](
         q, k, v, bias_c, do, lse, delta, dq, dk, dv, dbias,
         layout.blk_info, kept, kept_bias, theta,

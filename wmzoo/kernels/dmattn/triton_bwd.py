@@ -327,11 +327,11 @@ bwd_kv_kernel_varlen = Autotuned(
     [triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=s) for n, m, w, s in _KV_CONFIGS if n == _KV_CONFIGS[0][0]],
     key=["D", "G", "VARLEN"])
 KV_VARLEN_BLOCK_N = _KV_CONFIGS[0][0]
-# dq without a window; with one (and ATOMIC), the kernel adds dk, dv, dbias with atomics and
-# must run once.
+# dq alone, with or without a window (the autotuner runs it several times); with ATOMIC the
+# kernel also adds dk, dv, dbias and must run once, at BWD_Q_WINDOW_CONFIG.
 # First: the H200's choice (run 6); 192 KB of shared memory at head dim 256.
 bwd_q_kernel = _tuned(_bwd_q_kernel, [(32, 4, 1)] if INTERPRET else [(64, 8, 2), (32, 4, 3), (32, 8, 3), (64, 4, 2)],
-                      key=["D", "G", "VARLEN", "BLOCK_M"])
+                      key=["D", "G", "VARLEN", "BLOCK_M", "WINDOW"])
 BWD_Q_WINDOW_CONFIG = dict(BLOCK_N=32, num_warps=4, num_stages=1) if INTERPRET else dict(BLOCK_N=64, num_warps=8, num_stages=2)
 
 # The window's key-major kernel: its key tile sets how alike the gathered keys' query ranges
