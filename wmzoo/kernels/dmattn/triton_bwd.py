@@ -189,6 +189,13 @@ def _bwd_kv_tile(dk, dv, db, k, v, bj, q_ptr, do_ptr, l_ptr, d_ptr, rows, row_ok
 
 
 @triton.jit
+def _query_head(q_ptr, do_ptr, lse_ptr, delta_ptr, bi64, hq, s_qb, s_qh, s_dob, s_doh, s_lb, s_lh, s_deb, s_deh):
+    """q, dO, lse and delta pointers of query head hq in batch row bi64 (key-major kernels)."""
+    return (q_ptr + bi64 * s_qb + hq * s_qh, do_ptr + bi64 * s_dob + hq * s_doh,
+            lse_ptr + bi64 * s_lb + hq * s_lh, delta_ptr + bi64 * s_deb + hq * s_deh)
+
+
+@triton.jit
 def _bwd_kv_kernel(
     q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, db_ptr, info_ptr,
     sm_scale, T, D, HKV, G, N_BLK,
@@ -220,11 +227,8 @@ def _bwd_kv_kernel(
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     db = tl.zeros([BLOCK_N], dtype=tl.float32)
     for g in range(0, G):
-        hq = hk * G + g
-        qh_ptr = q_ptr + bi64 * s_qb + hq * s_qh
-        doh_ptr = do_ptr + bi64 * s_dob + hq * s_doh
-        l_ptr = lse_ptr + bi64 * s_lb + hq * s_lh
-        d_ptr = delta_ptr + bi64 * s_deb + hq * s_deh
+        qh_ptr, doh_ptr, l_ptr, d_ptr = _query_head(q_ptr, do_ptr, lse_ptr, delta_ptr, bi64, hk * G + g,
+                                                    s_qb, s_qh, s_dob, s_doh, s_lb, s_lh, s_deb, s_deh)
         # Query tiles overlapping the key block need the causal mask; past it every query sees
         # every key of the block. EVEN: those tiles load unmasked (rows clamped to the sequence)
         # and rows past its end get lse = +inf, so P = 0 there without a 2-D mask.
@@ -295,11 +299,8 @@ def _bwd_kv_window_kernel(
     q_lo = tl.min(tl.where(live, kj, T), axis=0)
     q_hi = tl.max(tl.where(live, lj, -1), axis=0) + 1
     for g in range(0, G):
-        hq = hk * G + g
-        qh_ptr = q_ptr + bi64 * s_qb + hq * s_qh
-        doh_ptr = do_ptr + bi64 * s_dob + hq * s_doh
-        l_ptr = lse_ptr + bi64 * s_lb + hq * s_lh
-        d_ptr = delta_ptr + bi64 * s_deb + hq * s_deh
+        qh_ptr, doh_ptr, l_ptr, d_ptr = _query_head(q_ptr, do_ptr, lse_ptr, delta_ptr, bi64, hk * G + g,
+                                                    s_qb, s_qh, s_dob, s_doh, s_lb, s_lh, s_deb, s_deh)
         for m0 in range(q_lo, q_hi, BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)
             row_ok = offs_m < q_hi
