@@ -74,8 +74,10 @@ def key_order(bias: torch.Tensor, theta: torch.Tensor, keep_window: int, layout)
         VARLEN=layout.varlen, BLOCK=layout.block_m, num_warps=4,
     )
     pos = torch.arange(t, device=bias.device, dtype=torch.int64)
-    # by last query (never-kept keys, -1, first: their tiles only write zeros), then position
-    by_last = torch.sort(last.long() * t + pos).indices
+    # by last query, latest first: the tiles visiting the longest query ranges get the first
+    # programs, so they do not start last and set the kernel's tail; never-kept keys (-1) come
+    # last (their tiles only write zeros)
+    by_last = torch.sort(last.long() * t + pos, descending=True).indices
     # then by position within runs of ~w / 4 keys (a multiple of every key tile, 64)
     run = max(64, keep_window // 256 * 64)
     runs = torch.div(pos, run, rounding_mode="floor") * t + by_last
