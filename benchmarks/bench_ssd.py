@@ -232,7 +232,7 @@ def use_probed_configs(path):
     if not good:
         raise SystemExit("no config of the SSD kernels runs correctly here")
     for kernel in (triton_fwd._ssd_fwd_kernel, triton_bwd._ssd_bwd_forward_sweep, triton_bwd._ssd_bwd_chunk_local,
-                   triton_bwd._ssd_bwd_reverse_sweep, triton_bwd._ssd_bwd_state_sweep,
+                   triton_bwd._ssd_bwd_reverse_sweep,
                    triton_segments._ssd_segment_states, triton_segments._ssd_segment_dstates):
         kernel.tuned.configs = [triton.Config({}, num_warps=w, num_stages=s) for w, s in good]
 

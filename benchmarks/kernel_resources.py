@@ -102,7 +102,6 @@ def ssd_cases():
         _ssd_bwd_chunk_local,
         _ssd_bwd_forward_sweep,
         _ssd_bwd_reverse_sweep,
-        _ssd_bwd_state_sweep,
     )
     from wmzoo.kernels.ssd.triton_fwd import _ssd_fwd_kernel
 
@@ -110,17 +109,12 @@ def ssd_cases():
     for rope in (False, True):
         tag = "RoPE" if rope else "no RoPE"
         yield f"SSD forward, {tag}", _ssd_fwd_kernel, dict(tiles, ROPE=rope, HAS_D=True, HAS_H0=False, WRITE_FINAL=True)
-        # the backend's n_blocks: the sweeps carry n 128 as two blocks of 64
         yield f"SSD backward forward sweep, {tag}", _ssd_bwd_forward_sweep, dict(
-            tiles, NB=64, ROPE=rope, HAS_DFINAL=False, HAS_H0=False)
-        if rope:  # with RoPE one fused reverse sweep
-            yield f"SSD backward reverse sweep (fused), {tag}", _ssd_bwd_reverse_sweep, dict(
-                tiles, ROPE=rope, HAS_DFINAL=False, HAS_D=True)
-        else:
-            yield f"SSD backward state sweep, {tag}", _ssd_bwd_state_sweep, dict(
-                tiles, NB=64, ROPE=rope, HAS_DFINAL=False)
-            yield f"SSD backward chunk-local terms, {tag}", _ssd_bwd_chunk_local, dict(
-                tiles, ROPE=rope, HAS_D=True, PARTS=2)
+            tiles, ROPE=rope, HAS_DFINAL=False, HAS_H0=False)
+        if not rope:  # with RoPE the reverse sweep computes the in-chunk terms itself
+            yield f"SSD backward chunk-local terms, {tag}", _ssd_bwd_chunk_local, dict(tiles, ROPE=rope)
+        yield f"SSD backward reverse sweep, {tag}", _ssd_bwd_reverse_sweep, dict(
+            tiles, ROPE=rope, LOCAL=not rope, HAS_DFINAL=False, HAS_D=True)
 
 
 def dmattn_cases():

@@ -1,6 +1,6 @@
 """Per-kernel GPU time of the SSD kernels under every launch config, at the benchmark's shape.
 
-    python benchmarks/ssd_kernel_configs.py --out DIR [--rope 0,64] [--n-split 1,0]
+    python benchmarks/ssd_kernel_configs.py --out DIR [--rope 0,64]
 
 The autotuner keeps the fastest config of each kernel, and bench_ssd.py reports one number per
 op; neither says how much each kernel takes, nor how far its configs are apart. This forces one
@@ -9,9 +9,7 @@ P64 N128 (g = h, bf16), and sums each kernel's device time over a few calls (tor
 Read it beside benchmarks/kernel_resources.py's registers and spills per config: the sweeps
 are chains of dependent chunk steps, and whether their time follows spills or occupancy (how
 many programs fit an SM) decides the backward's next form (docs/benchmarks/NOTES.md).
-``--n-split`` times the backward's sweeps with the state's columns in two blocks (1, the
-backend's default) and in one (0), triton_backend.SWEEP_N_SPLIT.
-Writes kernel_configs.json: {"rope<r>_split<s>": {config: {kernel: ms per call}}}.
+Writes kernel_configs.json: {rope: {config: {kernel: ms per call}}}.
 """
 
 from __future__ import annotations
@@ -28,12 +26,11 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from wmzoo.kernels.rope.reference import rope_tables  # noqa: E402
 from wmzoo.kernels.ssd import ssd  # noqa: E402
-from wmzoo.kernels.ssd import triton_backend, triton_bwd, triton_fwd  # noqa: E402
+from wmzoo.kernels.ssd import triton_bwd, triton_fwd  # noqa: E402
 
 CONFIGS = [(4, 1), (8, 1), (4, 2), (8, 2)]
 KERNELS = {"fwd": triton_fwd._ssd_fwd_kernel, "bwd_forward_sweep": triton_bwd._ssd_bwd_forward_sweep,
-           "bwd_state_sweep": triton_bwd._ssd_bwd_state_sweep, "bwd_chunk_local": triton_bwd._ssd_bwd_chunk_local,
-           "bwd_reverse_sweep": triton_bwd._ssd_bwd_reverse_sweep}
+           "bwd_chunk_local": triton_bwd._ssd_bwd_chunk_local, "bwd_reverse_sweep": triton_bwd._ssd_bwd_reverse_sweep}
 CALLS = 5
 
 
@@ -56,7 +53,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=".")
     ap.add_argument("--rope", default="0,64", help="comma-separated RoPE dims (0: none)")
-    ap.add_argument("--n-split", default="1", help="comma-separated SWEEP_N_SPLIT values (1 on, 0 off)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     b, t, h, p, n = 4, 4096, 64, 64, 128
@@ -70,15 +66,13 @@ def main() -> None:
     results = {"env": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}}
     print(results["env"], flush=True)
     originals = {name: k.tuned.configs for name, k in KERNELS.items()}
-    cases = [(int(r), int(sp)) for r in args.rope.split(",") for sp in args.n_split.split(",")]
-    for r, split in cases:
-        triton_backend.SWEEP_N_SPLIT = bool(split)
+    for r in (int(v) for v in args.rope.split(",")):
         cos, sin = rope_tables(torch.arange(t, device="cuda").expand(b, t), r) if r else (None, None)
 
         def step(cos=cos, sin=sin):
             torch.autograd.grad(ssd(x, dt, A, B, C, rope_cos=cos, rope_sin=sin), (x, dt, A, B, C), dy)
 
-        per_config = results.setdefault(f"rope{r}_split{split}", {})
+        per_config = results.setdefault(f"rope{r}", {})
         for warps, stages in CONFIGS:
             for k in KERNELS.values():
                 k.tuned.configs = [triton.Config({}, num_warps=warps, num_stages=stages)]
@@ -87,7 +81,7 @@ def main() -> None:
                 per_config[f"{warps},{stages}"] = kernel_times(step)
             except Exception as e:  # e.g. out of shared memory at this config: reported, not fatal
                 per_config[f"{warps},{stages}"] = {"error": repr(e)[:200]}
-            print(f"rope {r} split {split} config ({warps}, {stages}):", per_config[f"{warps},{stages}"], flush=True)
+            print(f"rope {r} config ({warps}, {stages}):", per_config[f"{warps},{stages}"], flush=True)
             with open(os.path.join(args.out, "kernel_configs.json"), "w") as fh:
                 json.dump(results, fh, indent=1)
     for name, k in KERNELS.items():

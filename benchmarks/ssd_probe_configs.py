@@ -32,8 +32,7 @@ def run_one(case: str, warps: int, stages: int) -> None:
     from wmzoo.kernels.ssd import ssd, ssd_reference
     from wmzoo.kernels.ssd import triton_bwd, triton_fwd
 
-    for kernel in (triton_fwd._ssd_fwd_kernel, triton_bwd._ssd_bwd_forward_sweep, triton_bwd._ssd_bwd_reverse_sweep,
-                   triton_bwd._ssd_bwd_state_sweep, triton_bwd._ssd_bwd_chunk_local):
+    for kernel in (triton_fwd._ssd_fwd_kernel, triton_bwd._ssd_bwd_forward_sweep, triton_bwd._ssd_bwd_reverse_sweep):
         kernel.tuned.configs = [triton.Config({}, num_warps=warps, num_stages=stages)]
     b, t, h, p, n, g, r = CASES[case]
     dev = "cuda"

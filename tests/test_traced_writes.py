@@ -158,14 +158,12 @@ def test_ssd_kernels_are_seen_writing_their_outputs(hopper, monkeypatch):
     h0, dfinal = torch.randn(b, h, p, n), torch.randn(b, h, p, n)
     backend.forward(x, dt, A, B, C, D, h0, None, cos, sin, 64)
     backend.backward(dy, dfinal, x, dt, A, B, C, D, h0, None, cos, sin, 64)
-    # without RoPE the backward runs a state sweep, a chunk-local kernel and a decay scan
+    # without RoPE the backward's in-chunk terms come from a kernel of their own
     backend.backward(dy, dfinal, x, dt, A, B, C, D, h0, None, None, None, 64)
     expected = {
         "_ssd_fwd_kernel": {"y_ptr", "final_ptr"},
         "_ssd_bwd_forward_sweep": {"dC_ptr", "cdc_ptr", "dff_ptr"},
-        "_ssd_bwd_state_sweep": {"dBs_ptr", "dxds_ptr", "bdb_ptr", "dh0_ptr"},
-        "_ssd_bwd_chunk_local": {"dB_ptr", "dx_ptr", "ddtp_ptr", "dG_ptr", "dD_ptr"},
-        "_ssd_bwd_decay_scan": {"ddt_ptr", "dA_ptr"},
+        "_ssd_bwd_chunk_local": {"dBl_ptr", "dxdl_ptr", "dgl_ptr"},
         "_ssd_bwd_reverse_sweep": {"dx_ptr", "ddt_ptr", "dB_ptr", "dA_ptr", "dD_ptr", "dh0_ptr"},
         "_unrotate_kernel": {"d_ptr"},  # RoPE's transpose, in place on the summed dB~ and dC~
     }

@@ -248,23 +248,6 @@ def test_chunk_local_pieces_match_loop(monkeypatch, pieces, segs, rope, triton_c
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("split,rope", [(True, 40), (False, 12)])
-def test_forward_sweep_column_blocks_match_loop(monkeypatch, split, rope, triton_calls):
-    """The backward's forward sweep carries the state's columns in two blocks, a program each
-    (n 40: blocks of 32; RoPE r 40 pairs channel i with i + 20, across the blocks' boundary for
-    i in 12..19), or in one with SWEEP_N_SPLIT off; every gradient against the float64 loop."""
-    from wmzoo.kernels.ssd import triton_backend
-
-    monkeypatch.setattr(triton_backend, "SWEEP_N_SPLIT", split)
-    chosen = []
-    real = triton_backend.n_blocks
-    monkeypatch.setattr(triton_backend, "n_blocks", lambda nb, floor: chosen.append(real(nb, floor)) or chosen[-1])
-    args = make_inputs(2, 65, 4, 2, 24, 40, rope=rope, seed=3)
-    check_against_loop(args, 16, triton_calls, torch.float32)
-    assert chosen == [(2, 32) if split else (1, 64)]
-
-
-@pytest.mark.interpret
 @pytest.mark.parametrize("rope,segs", [(0, 1), (8, 1), (8, 3)])
 def test_varlen_equals_separate_sequences(monkeypatch, rope, segs, triton_calls):
     from wmzoo.kernels.ssd import triton_backend

@@ -5,9 +5,8 @@ lists and return tuples, see op.py) and ``warmup``. Inputs the kernels cannot ta
 No host syncs: sequence boundaries are read from ``cu_seqlens`` inside the kernels, and every
 branch here depends on shapes and dtypes only. With fewer (sequence, head) programs than SMs,
 each sequence is cut into segments that run in parallel (``segments``, triton_segments). The
-backward runs the forward sweep (the state's n columns in two blocks, ``n_blocks``), then
-without RoPE the state sweep (dS in column blocks), the chunk-local kernel over all chunks at
-once and the decay scan; with RoPE one fused reverse sweep (triton_bwd). They write dB~ and dC~
+backward runs the forward sweep, then the chunk-local kernel over all chunks at once, then the
+reverse sweep, which adds the state terms to the local ones (triton_bwd). They write dB~ and dC~
 (gradients w.r.t. the rotated B, C) per head; with g < h, summing each group's heads is a torch
 op after them (fp32 per-head buffers), with g = h they write in place; with RoPE, one
 elementwise kernel then turns them back (RoPE's transpose).
@@ -19,13 +18,7 @@ import torch
 import triton
 
 from ..registry import Unsupported, empty_like_none, launch
-from .triton_bwd import (
-    _ssd_bwd_chunk_local,
-    _ssd_bwd_decay_scan,
-    _ssd_bwd_forward_sweep,
-    _ssd_bwd_reverse_sweep,
-    _ssd_bwd_state_sweep,
-)
+from .triton_bwd import _ssd_bwd_chunk_local, _ssd_bwd_forward_sweep, _ssd_bwd_reverse_sweep
 from .triton_common import DOT_BF16, DOT_FP16, DOT_IEEE, _unrotate_kernel
 from .triton_fwd import _ssd_fwd_kernel
 from .triton_segments import (
@@ -148,25 +141,8 @@ FORCE_SEGMENTS = 0  # > 0: that many segments everywhere (tests of the segmented
 LOCAL_PIECES_CUDA = 16
 FORCE_LOCAL_PIECES = 0  # > 0: that many pieces everywhere (tests of the GPU's split on CPU)
 # The split with RoPE too. Off: in run 12 (ssd.md) it cost 0.78 ms with RoPE, a third kernel
-# paying the rotation, whose loads then spilled ~4 KB per thread; since then the rotation
-# spills about half that (int32 offsets), so the A/B is worth repeating (bench_ssd
-# --split-rope sets this).
+# paying the rotation, whose loads spill ~4 KB per thread (bench_ssd --split-rope sets this).
 LOCAL_WITH_ROPE = False
-
-
-# The backward's sweeps carry the state's n columns in two blocks, one program each (twice the
-# programs, half the registers of the state and the B / C tiles each): every SSD kernel sat at
-# the 255-register cap, spilling, with one or two programs per SM (ssd.md run 10: the sweeps
-# wait on loads and barriers, not on arithmetic or bandwidth). Off: one block.
-SWEEP_N_SPLIT = True
-
-
-def n_blocks(nb: int, floor: int) -> tuple[int, int]:
-    """(blocks, block width) of the state's nb columns in the sweeps: two halves when
-    each is still a legal tile side (>= floor), else one."""
-    if SWEEP_N_SPLIT and nb >= 2 * floor:
-        return 2, nb // 2
-    return 1, nb
 
 
 def local_pieces(device: torch.device) -> int:
@@ -280,64 +256,50 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
         ends = dfinal_state.contiguous() if dfinal_state is not None else None
 
     dC_heads = _grad_buffer(C, h, varlen)
-    # The sweeps' programs each carry a block of the state's columns (n_blocks); the sums over
-    # n come back as one part per block.
-    parts, block_n = n_blocks(tiles["NB"], _min_tile(x))
-    c_dc = x.new_empty(b * t, h, parts, dtype=torch.float32)  # C~_t . dC~_t (state part)
-    d_final = x.new_empty(seqs * segs, h, parts, dtype=torch.float32)  # <dfinal, final> (one segment)
-    launch(_ssd_bwd_forward_sweep)[grid + (parts,)](
+    c_dc = x.new_empty(b * t, h, dtype=torch.float32)  # C~_t . dC~_t (state part)
+    d_final = x.new_empty(seqs * segs, h, dtype=torch.float32)  # <dfinal, final> (one segment)
+    launch(_ssd_bwd_forward_sweep)[grid](
         dy, A if ends is None else ends, x, dt, A, B, C, A if starts is None else starts,
         cu, cos, sin,
         dC_heads, c_dc, d_final,
         t, h, g, p, n, half, segs,
         HAS_DFINAL=segs == 1 and ends is not None, HAS_H0=starts is not None, HAS_CU=varlen,
-        **dict(common, NB=block_n),
+        **common,
     )
-    c_dc, d_final = c_dc.sum(-1), d_final.sum(-1)
 
     dx = _output(x, varlen)
     ddt = _output(dt, varlen)
     dB_heads = _grad_buffer(B, h, varlen)
-    dA_part = x.new_empty(seqs * segs, h, dtype=torch.float32)
-    dh0 = x.new_empty(seqs, h, p, n, dtype=torch.float32)
-    dff = carry if segs > 1 else d_final
-    # Without RoPE: the state terms first (dS in column blocks like the forward sweep), then
-    # every chunk at once adds its in-chunk terms and the blocks' parts, then the decay scan.
-    # Every buffer between them is fp32 and only rows of sequences are written and read. With
-    # RoPE one fused sweep: each kernel that rotates B and C pays the rotation, and a third one
-    # cost more than it saved (ssd.md run 12).
-    if half == 0 or LOCAL_WITH_ROPE:
-        dB_state = x.new_empty(b * t, h, n, dtype=torch.float32)
-        dxd_state = x.new_empty(b * t, h, parts, p, dtype=torch.float32)
-        b_db = x.new_empty(b * t, h, parts, dtype=torch.float32)
-        launch(_ssd_bwd_state_sweep)[grid + (parts,)](
-            dy, A if ends is None else ends, x, dt, A, B, C, cu, cos, sin,
-            dB_state, dxd_state, b_db, dh0,
-            t, h, g, p, n, half, segs,
-            HAS_DFINAL=ends is not None, HAS_CU=varlen, **dict(common, NB=block_n),
-        )
+    # In-chunk terms first, all chunks in parallel, in fp32 buffers of their own (never aliased
+    # with the outputs: a traced graph sees each kernel's writes separately); the reverse sweep
+    # adds the state terms. Only rows of sequences are written and read.
+    # With RoPE the reverse sweep computes them itself: each kernel that rotates B and C pays
+    # the rotation, and a third one cost more than it saved (ssd.md run 12).
+    split = half == 0 or LOCAL_WITH_ROPE
+    if split:
+        dB_local = x.new_empty(b * t, h, n, dtype=torch.float32)
+        dxd_local = x.new_empty(b * t, h, p, dtype=torch.float32)
+        dG_local = x.new_empty(b * t, h, dtype=torch.float32)
         pieces = local_pieces(x.device)
-        dG = x.new_empty(b * t, h, dtype=torch.float32)
-        x_dxd = x.new_empty(b * t, h, dtype=torch.float32)
-        dD_part = x.new_empty(seqs * pieces, h, dtype=torch.float32)
         launch(_ssd_bwd_chunk_local)[(seqs * pieces, h)](
-            dy, x, dt, A, B, C, A if D is None else D, cu, cos, sin,
-            c_dc, dB_state, dxd_state, b_db,
-            dB_heads, dx, x_dxd, dG, dD_part,
+            dy, x, dt, A, B, C, cu, cos, sin,
+            dB_local, dxd_local, dG_local,
             t, h, g, p, n, half, pieces,
-            HAS_D=D is not None, HAS_CU=varlen, PARTS=parts, **common,
+            HAS_CU=varlen, **common,
         )
-        launch(_ssd_bwd_decay_scan)[grid](
-            dG, x_dxd, dt, A, cu, dff, ddt, dA_part, t, h, segs, HAS_CU=varlen, Q=chunk_size)
     else:
-        dD_part = x.new_empty(seqs * segs, h, dtype=torch.float32)
-        launch(_ssd_bwd_reverse_sweep)[grid](
-            dy, A if ends is None else ends, x, dt, A, B, C, A if D is None else D, cu, cos, sin,
-            c_dc, dff,
-            dx, ddt, dB_heads, dA_part, dD_part, dh0,
-            t, h, g, p, n, half, segs,
-            HAS_DFINAL=ends is not None, HAS_D=D is not None, HAS_CU=varlen, **common,
-        )
+        dB_local = dxd_local = dG_local = c_dc  # not read (LOCAL off)
+    dA_part = x.new_empty(seqs * segs, h, dtype=torch.float32)
+    dD_part = x.new_empty(seqs * segs, h, dtype=torch.float32)
+    dh0 = x.new_empty(seqs, h, p, n, dtype=torch.float32)
+    launch(_ssd_bwd_reverse_sweep)[grid](
+        dy, A if ends is None else ends, x, dt, A, B, C, A if D is None else D, cu, cos, sin,
+        c_dc, carry if segs > 1 else d_final, dB_local, dxd_local, dG_local,
+        dx, ddt, dB_heads, dA_part, dD_part, dh0,
+        t, h, g, p, n, half, segs,
+        HAS_DFINAL=ends is not None, HAS_D=D is not None, HAS_CU=varlen, LOCAL=split,
+        **common,
+    )
 
     dA = dA_part.sum(0).to(A.dtype)
     dD = empty_like_none(x) if D is None else dD_part.sum(0).to(D.dtype)

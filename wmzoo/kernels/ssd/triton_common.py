@@ -144,37 +144,34 @@ def store_cols(ptr, row_stride, rows, row_mask, col0, width, value, BLOCK: tl.co
 
 
 @triton.jit
-def state_tile(k, head, H, P, N, offs_p, col0, NB: tl.constexpr):
-    """Offsets and mask of the (block of p) x (NB columns from col0) tile of state (k, head) in
-    a (states, h, p, n) buffer."""
-    cols = col0 + tl.arange(0, NB)
+def state_tile(k, head, H, P, N, offs_p, NB: tl.constexpr):
+    """Offsets and mask of the (block of p) x n tile of state (k, head) in a (states, h, p, n)
+    buffer."""
+    cols = tl.arange(0, NB)
     offs = ((k.to(tl.int64) * H + head) * P + offs_p[:, None]) * N + cols[None, :]
     return offs, (offs_p[:, None] < P) & (cols[None, :] < N)
 
 
 @triton.jit
-def load_state(ptr, k, head, H, P, N, offs_p, col0, PRESENT: tl.constexpr, BLOCK_P: tl.constexpr,
-               NB: tl.constexpr):
-    """State k of a (states, h, p, n) fp32 buffer (NB columns from col0); zeros where the input
-    is not PRESENT."""
+def load_state(ptr, k, head, H, P, N, offs_p, PRESENT: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr):
+    """State k of a (states, h, p, n) fp32 buffer; zeros where the input is not PRESENT."""
     s = tl.zeros([BLOCK_P, NB], dtype=tl.float32)
     if PRESENT:
-        offs, mask = state_tile(k, head, H, P, N, offs_p, col0, NB)
+        offs, mask = state_tile(k, head, H, P, N, offs_p, NB)
         s = tl.load(ptr + offs, mask=mask, other=0.0)
     return s
 
 
 @triton.jit
-def store_state(ptr, k, head, H, P, N, offs_p, col0, s, ok, NB: tl.constexpr):
-    """Store state k (NB columns from col0) where the scalar condition ``ok`` holds."""
-    offs, mask = state_tile(k, head, H, P, N, offs_p, col0, NB)
+def store_state(ptr, k, head, H, P, N, offs_p, s, ok, NB: tl.constexpr):
+    """Store state k where the scalar condition ``ok`` holds."""
+    offs, mask = state_tile(k, head, H, P, N, offs_p, NB)
     tl.store(ptr + offs, s, mask=mask & ok)
 
 
 @triton.jit
-def rotate(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, col0, HALF, NB: tl.constexpr):
-    """z (rows, NB), columns col0 + [0, NB) of rows of B or C loaded from ptr, rotated by
-    (tokens, HALF) tables:
+def rotate(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, NB: tl.constexpr):
+    """z (rows, NB), rows of B or C loaded from ptr, rotated by (tokens, HALF) tables:
     z~_i = z_i cos_i - z_{i+HALF} sin_i, z~_{i+HALF} = z_{i+HALF} cos_i + z_i sin_i. Partner
     channels (cache hits: the same rows were just loaded) and tables are read by index gathers.
 
@@ -182,7 +179,7 @@ def rotate(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, col0, HALF, NB:
     session): this form 1.18 / 7.06 ms fwd / fwd+bwd; tables shared by B and C read as two
     contiguous masked loads per half 2.79 / 11.08 (and 270 KB of shared memory at two stages);
     (tokens, n) tables laid out on the host, one plain load each, 1.32 / 9.57."""
-    cols = col0 + tl.arange(0, NB)
+    cols = tl.arange(0, NB)
     first = cols < HALF
     rotated = row_mask[:, None] & (cols[None, :] < 2 * HALF)
     partner = tl.where(first, cols + HALF, cols - HALF)
@@ -195,24 +192,12 @@ def rotate(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, col0, HALF, NB:
 
 
 @triton.jit
-def load_rotated(ptr, row_stride, row0, steps, row_mask, cos_ptr, sin_ptr, col0, N, HALF,
+def load_rotated(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
                  NB: tl.constexpr, ROPE: tl.constexpr):
-    """Rows row0 + steps, channels col0 + [0, NB) (col0 = 0, NB >= n: all of them) of B or C,
-    fp32, rotated when ROPE (a channel's rotation partner may lie outside the block: it is
-    gathered by its absolute index).
-
-    With RoPE the pointers move to row0 first (one int64 product per chunk), so that every
-    per-element offset of the four loads is int32 (steps x row_stride stays far below 2^31).
-    Compiled for sm_90a by triton 3.6 at the benchmark's tiles, the forward with RoPE spilled
-    4.1 KB per thread at (8 warps, 1 stage) with int64 rows, 1.9 KB like this; without RoPE
-    the same change raised its spills from 0.4 to 1.5 KB, so that path keeps int64 rows
-    (docs/benchmarks/NOTES.md, tenth session)."""
+    """Rows of B or C (all n channels, fp32), rotated when ROPE."""
+    z = load_cols(ptr, row_stride, rows, row_mask, 0, N, NB)
     if ROPE:
-        ptr += row0 * row_stride
-        z = load_cols(ptr, row_stride, steps, row_mask, col0, N - col0, NB)
-        z = rotate(z, ptr, row_stride, steps, row_mask, cos_ptr + row0 * HALF, sin_ptr + row0 * HALF, col0, HALF, NB)
-    else:
-        z = load_cols(ptr, row_stride, row0 + steps, row_mask, col0, N - col0, NB)
+        z = rotate(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, NB)
     return z
 
 

@@ -58,21 +58,20 @@ def _ssd_fwd_kernel(
     p_mask = offs_p < P
     Bg = B_ptr + group * N
     Cg = C_ptr + group * N
-    s = load_state(h0_ptr, k, head, H, P, N, offs_p, 0, HAS_H0, BLOCK_P, NB)
+    s = load_state(h0_ptr, k, head, H, P, N, offs_p, HAS_H0, BLOCK_P, NB)
     if HAS_D:
         skip = tl.load(D_ptr + head).to(tl.float32)
     causal = steps[:, None] >= steps[None, :]
 
     for c in range(c0, c1):
-        row0 = start + c * Q
-        rows = row0 + steps
+        rows = start + c * Q + steps
         row_mask = rows < end
         # Past the sequence end dt = x = B = C = 0: those steps neither decay nor feed the state.
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, tl.program_id(2) * BLOCK_P, P - tl.program_id(2) * BLOCK_P, BLOCK_P)
         xd = x * dt[:, None]
-        b = load_rotated(Bg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, 0, N, HALF, NB, ROPE)
-        c_t = load_rotated(Cg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, 0, N, HALF, NB, ROPE)
+        b = load_rotated(Bg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+        c_t = load_rotated(Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
         scores = mm(c_t, tl.trans(b), DOT)
         inter = mm(c_t, tl.trans(s), DOT)
         # The mask goes in before exp: above the diagonal Lam_t - Lam_s > 0 could overflow.
@@ -86,4 +85,4 @@ def _ssd_fwd_kernel(
         s = tl.exp(lam_end) * s + mm(weighted, b, DOT)
 
     if WRITE_FINAL:
-        store_state(final_ptr, k, head, H, P, N, offs_p, 0, s, True, NB)
+        store_state(final_ptr, k, head, H, P, N, offs_p, s, True, NB)

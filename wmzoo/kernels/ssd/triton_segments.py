@@ -64,16 +64,15 @@ def _ssd_segment_states(
     s = tl.zeros([BLOCK_P, NB], dtype=tl.float32)
     dec = 0.0
     for c in range(c0, c1):
-        row0 = start + c * Q
-        rows = row0 + steps
+        rows = start + c * Q + steps
         row_mask = rows < end
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         dec += lam_end
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, p0, P - p0, BLOCK_P)
         weighted = tl.trans(x * (dt * tl.exp(lam_end - lam))[:, None])
-        b = operand(load_rotated(Bg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, 0, N, HALF, NB, ROPE), DOT)
+        b = operand(load_rotated(Bg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE), DOT)
         s = tl.exp(lam_end) * s + mm_split_a(weighted, b, DOT)
-    store_state(states_ptr, idx, head, H, P, N, offs_p, 0, s, True, NB)
+    store_state(states_ptr, idx, head, H, P, N, offs_p, s, True, NB)
     tl.store(dec_ptr + idx * H + head, dec)  # the same value from every block of p
 
 
@@ -95,15 +94,14 @@ def _ssd_segment_dstates(
     Cg = C_ptr + (head // (H // G)) * N
     ds = tl.zeros([BLOCK_P, NB], dtype=tl.float32)
     for i in range(0, c1 - c0):
-        row0 = start + (c1 - 1 - i) * Q
-        rows = row0 + steps
+        rows = start + (c1 - 1 - i) * Q + steps
         row_mask = rows < end
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         weighted = tl.trans(dy * tl.exp(lam)[:, None])
-        c_t = operand(load_rotated(Cg, G * N, row0, steps, row_mask, cos_ptr, sin_ptr, 0, N, HALF, NB, ROPE), DOT)
+        c_t = operand(load_rotated(Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE), DOT)
         ds = tl.exp(lam_end) * ds + mm_split_a(weighted, c_t, DOT)
-    store_state(dstates_ptr, idx, head, H, P, N, offs_p, 0, ds, True, NB)
+    store_state(dstates_ptr, idx, head, H, P, N, offs_p, ds, True, NB)
 
 
 @triton.jit
@@ -114,13 +112,13 @@ def _ssd_chain_states(
     k = tl.program_id(0)
     head = tl.program_id(1)
     offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs, mask = state_tile(k, head, H, P, N, offs_p, 0, BLOCK_N)
+    offs, mask = state_tile(k, head, H, P, N, offs_p, BLOCK_N)
     s = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     if HAS_H0:
         s = tl.load(h0_ptr + offs, mask=mask, other=0.0)
     for seg in range(0, SEGS):
         idx = k * SEGS + seg
-        off_i, _ = state_tile(idx, head, H, P, N, offs_p, 0, BLOCK_N)
+        off_i, _ = state_tile(idx, head, H, P, N, offs_p, BLOCK_N)
         local = tl.load(states_ptr + off_i, mask=mask, other=0.0)
         tl.store(states_ptr + off_i, s, mask=mask)
         s = tl.exp(tl.load(dec_ptr + idx * H + head)) * s + local
@@ -135,15 +133,15 @@ def _ssd_chain_dstates(
     k = tl.program_id(0)
     head = tl.program_id(1)
     offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs, mask = state_tile(k, head, H, P, N, offs_p, 0, BLOCK_N)
+    offs, mask = state_tile(k, head, H, P, N, offs_p, BLOCK_N)
     ds = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     if HAS_DFINAL:
         ds = tl.load(dfinal_ptr + offs, mask=mask, other=0.0)
     for i in range(0, SEGS):
         seg = SEGS - 1 - i
         idx = k * SEGS + seg
-        off_i, _ = state_tile(idx, head, H, P, N, offs_p, 0, BLOCK_N)
-        off_next, _ = state_tile(idx + 1, head, H, P, N, offs_p, 0, BLOCK_N)
+        off_i, _ = state_tile(idx, head, H, P, N, offs_p, BLOCK_N)
+        off_next, _ = state_tile(idx + 1, head, H, P, N, offs_p, BLOCK_N)
         local = tl.load(dstates_ptr + off_i, mask=mask, other=0.0)
         tl.store(dstates_ptr + off_i, ds, mask=mask)
         # the state at this segment's end: the next segment's start state, or the final state

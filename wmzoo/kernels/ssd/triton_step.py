@@ -26,10 +26,10 @@ def _ssd_step_kernel(
     p_mask = offs_p < P
     group = head // (H // G)
     # A one-row tile, so that B and C go through the same rotating load as in the chunked kernels.
-    one = tl.zeros([1], dtype=tl.int32)
-    row_mask = one == 0
-    Bt = load_rotated(B_ptr + group * N, G * N, row.to(tl.int64), one, row_mask, cos_ptr, sin_ptr, 0, N, HALF, BLOCK_N, ROPE)
-    Ct = load_rotated(C_ptr + group * N, G * N, row.to(tl.int64), one, row_mask, cos_ptr, sin_ptr, 0, N, HALF, BLOCK_N, ROPE)
+    rows = row + tl.zeros([1], dtype=tl.int64)
+    row_mask = rows >= 0
+    Bt = load_rotated(B_ptr + group * N, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, BLOCK_N, ROPE)
+    Ct = load_rotated(C_ptr + group * N, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, BLOCK_N, ROPE)
     dt = tl.load(dt_ptr + row * H + head).to(tl.float32)
     A = tl.load(A_ptr + head).to(tl.float32)
     x = tl.load(x_ptr + (row * H + head) * P + offs_p, mask=p_mask, other=0.0).to(tl.float32)
