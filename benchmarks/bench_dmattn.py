@@ -4,10 +4,8 @@
     python benchmarks/bench_dmattn.py --out DIR --sections select,deterministic
 
 ``select`` times the window selection alone at every shape (seconds: a first-call check);
-``deterministic`` times wmzoo's fwd+bwd in torch's deterministic mode (pinned configs; with a
-window, dk / dv / dbias key-major without atomics) beside the same run's default mode and, with
-a window, the default mode with the key-major backward (``WINDOW_ATOMIC`` off, autotuned): the
-A/B of the two windowed backwards.
+``deterministic`` times wmzoo's fwd+bwd in torch's deterministic mode (pinned configs instead
+of autotuning) beside the same run's default mode.
 
 Anchors (same run, same GPU): SDPA causal without bias (the ceiling), FlexAttention compiled
 with the bias as score_mod (for windows: the exact window as mask_mod, block mask rebuilt every
@@ -110,8 +108,8 @@ def correctness():
         err = max(err, ((o[:, s0:s1].float() - r).norm() / r.norm()).item())
     RESULTS["correct_varlen"] = {"ok": err < 2e-2, "o": err}
     print("correct varlen", err, flush=True)
-    # deterministic mode with a window: the key-major windowed backward and dq without atomics,
-    # against the brute force, and two runs bit for bit
+    # deterministic mode with a window (pinned configs): against the brute force, and two runs
+    # bit for bit
     b, h, hkv, t, d, w = 2, 8, 4, 1000, 128, 100
     q, k, v = (torch.randn(b, t, n, d, device=DEV, dtype=torch.bfloat16, requires_grad=True) for n in (h, hkv, hkv))
     bias = (torch.randn(b, hkv, t, device=DEV) * 2).round().requires_grad_()
@@ -298,12 +296,6 @@ def deterministic():
             bench(f"wmzoo_w{w}_fwdbwd_{tag}", run)
             with deterministic_mode():
                 bench(f"wmzoo_w{w}_fwdbwd_deterministic_{tag}", run)
-            if w:
-                triton_backend.WINDOW_ATOMIC = False
-                try:
-                    bench(f"wmzoo_w{w}_fwdbwd_keymajor_{tag}", run)
-                finally:
-                    triton_backend.WINDOW_ATOMIC = True
 
 
 def main():

@@ -125,7 +125,7 @@ def dmattn_cases():
     flags = dict(VARLEN=False, BLOCK_D=128, UPCAST=False, IEEE=False, EVEN=True)
     for window in (False, True):
         yield f"DMAttn forward, window {window}", fwd.fwd_kernel, dict(flags, WINDOW=window, BLOCK_M=128)
-    yield "DMAttn backward dq, no window", bwd.bwd_q_kernel, dict(flags, WINDOW=False, ATOMIC=False, BLOCK_M=128)
+    yield "DMAttn backward dq, no window", bwd.bwd_q_kernel, dict(flags, WINDOW=False, BLOCK_M=128)
     yield "DMAttn backward dk dv dbias (key-major), no window", bwd.bwd_kv_kernel, flags
     yield ("DMAttn backward dk dv dbias (key-major, sorted key tiles), window", bwd.bwd_kv_window_kernel,
            dict(BLOCK_D=128, UPCAST=False, IEEE=False))

@@ -15,7 +15,6 @@ On CPU it runs tiny shapes through whatever path the op takes there (a check of 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -29,15 +28,6 @@ from wmzoo.kernels.rope.reference import rope_tables  # noqa: E402
 from wmzoo.kernels.ssd import ssd  # noqa: E402
 
 CALLS = 5
-
-
-@contextlib.contextmanager
-def deterministic_algorithms():
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(False)
 
 
 def report(name: str, fn, device: torch.device) -> None:
@@ -93,14 +83,6 @@ def dmattn_cases(device: torch.device, tiny: bool):
         torch.autograd.grad(dmattn(q, k, v, bias, keep_window=w), (q, k, v, bias), do)
 
     yield f"dmattn fwd+bwd B{b} H{h} T{t} D{d} w{w}", step
-
-    def deterministic_step():
-        # the windowed dq kernel without its dk / dv / dbias atomics (those come from the
-        # key-major kernel here): beside the case above, what the atomics cost
-        with deterministic_algorithms():
-            step()
-
-    yield f"dmattn fwd+bwd B{b} H{h} T{t} D{d} w{w}, deterministic mode (dq without atomics)", deterministic_step
 
     context, window = (512, 64) if tiny else (65536, 2048)
     cache = DMAttnCache.empty(b, h, d, keep_window=window, dtype=dtype, device=device)

@@ -66,7 +66,7 @@ def test_dmattn_first_configs_fit_the_h200_at_the_largest_head_dim():
     bwd = importlib.import_module("wmzoo.kernels.dmattn.triton_bwd")
     flags = dict(VARLEN=False, BLOCK_D=MAX_HEAD_DIM, UPCAST=False, IEEE=False, EVEN=True)
     cases = [(fwd.fwd_kernel, dict(flags, WINDOW=True, BLOCK_M=128)),
-             (bwd.bwd_q_kernel, dict(flags, WINDOW=False, ATOMIC=False, BLOCK_M=128)),
+             (bwd.bwd_q_kernel, dict(flags, WINDOW=False, BLOCK_M=128)),
              (bwd.bwd_kv_kernel, flags),
              (bwd.bwd_kv_window_kernel, dict(BLOCK_D=MAX_HEAD_DIM, UPCAST=False, IEEE=False))]
     for kernel, const in cases:

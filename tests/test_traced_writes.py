@@ -99,13 +99,12 @@ def test_dmattn_kernels_are_seen_writing_their_outputs(hopper, monkeypatch, varl
 
 @pytest.mark.parametrize("varlen", [False, True])
 def test_dmattn_windowed_backward_kernels_are_seen_writing_their_outputs(hopper, monkeypatch, varlen):
-    """The windowed backward without atomics: dq, each key's last keeping query, and the
-    key-major kernel's dk, dv, dbias stored at gathered key rows. (The key order is reported
-    written too: the stores' addresses come from values loaded from it.)"""
+    """The windowed backward: dq, each key's last keeping query, and the key-major kernel's
+    dk, dv, dbias stored at gathered key rows. (The key order is reported written too: the
+    stores' addresses come from values loaded from it.)"""
     backend = importlib.import_module("wmzoo.kernels.dmattn.triton_backend")
     calls = record_launches(monkeypatch, backend)
     order_calls = record_launches(monkeypatch, importlib.import_module("wmzoo.kernels.dmattn.triton_key_order"))
-    monkeypatch.setattr(backend, "WINDOW_ATOMIC", False)
     t, h, hkv, d, w = 300, 4, 2, 64, 50
     q = torch.randn(1, t, h, d, dtype=torch.bfloat16)
     k, v = (torch.randn(1, t, hkv, d, dtype=torch.bfloat16) for _ in range(2))

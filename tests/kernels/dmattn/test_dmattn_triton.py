@@ -9,7 +9,7 @@ import torch
 
 from conftest import REL_TOL, assert_close, rel_err
 from wmzoo.kernels.dmattn import DMAttnCache, dmattn, dmattn_bwd, dmattn_fwd, triton_backend, triton_select
-from wmzoo.kernels.registry import Unsupported, launch
+from wmzoo.kernels.registry import Unsupported
 
 
 def keep_mask(bias: torch.Tensor, w: int | None) -> torch.Tensor:
@@ -213,21 +213,6 @@ def test_key_order_tiles_stay_near_the_kept_pairs():
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("b,t,h,hkv,d,w,dtype,bias_kind,cu", [
-    (2, 63, 4, 1, 48, 7, torch.float16, "ties", None),
-    (1, 257, 2, 1, 32, 33, torch.float16, "falling", None),
-    (1, 257, 4, 2, 16, 1, torch.float32, "normal", None),
-    (2, 200, 2, 2, 16, 45, torch.float32, "normal", None),
-    (1, 200, 4, 2, 32, 9, torch.float32, "ties", [0, 30, 31, 95, 200]),
-])
-def test_key_major_window_backward(monkeypatch, b, t, h, hkv, d, w, dtype, bias_kind, cu):
-    """The windowed backward with dk / dv / dbias from the key-major sorted tiles instead of the
-    dq kernel's atomics (WINDOW_ATOMIC off; deterministic mode always takes this path)."""
-    monkeypatch.setattr(triton_backend, "WINDOW_ATOMIC", False)
-    run_case(b, t, h, hkv, d, w, dtype, bias_kind, cu=cu)
-
-
-@pytest.mark.interpret
 @pytest.mark.parametrize("s,h,hkv,d,dtype", [(1, 2, 1, 16, torch.float32), (300, 4, 2, 64, torch.float16), (77, 8, 2, 128, torch.float32)])
 def test_decode_matches_brute_force(s, h, hkv, d, dtype):
     gen = torch.Generator().manual_seed(1)
@@ -326,40 +311,20 @@ def test_training_step_selects_once(monkeypatch):
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("w,cu", [(None, None), (7, None), (9, [0, 30, 31, 95, 140])])
-def test_deterministic_mode(monkeypatch, deterministic, w, cu):
+def test_deterministic_mode(deterministic, w, cu):
     """With torch.use_deterministic_algorithms(True) everything stays on the Triton kernels
-    (pinned configs, kernels/autotune); with a window the dk / dv / dbias come from the
-    key-major window kernel instead of atomic adds. Gradients stay exact.
-    (Deterministic mode also fills torch.empty with NaN: a kernel that leaves part of an output
-    unwritten fails here.)"""
-    atomic = []  # the ATOMIC constexpr of each dq launch
-    monkeypatch.setattr(triton_backend, "launch", lambda k: _spy(k, atomic))
+    (pinned configs, kernels/autotune), and gradients stay exact. (Deterministic mode also
+    fills torch.empty with NaN: a kernel that leaves part of an output unwritten fails here.)"""
     t = 140 if cu else 45
     inputs = [x.requires_grad_() for x in small_inputs(t, seed=5)]
     cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)
     out = dmattn(*inputs, keep_window=w, cu_seqlens=cut)
     grads = torch.autograd.grad(out.square().sum(), inputs)
-    assert atomic == [False], atomic  # one dq launch, without atomics
     leaves = [x.detach().double().requires_grad_() for x in inputs]
     ref, _ = brute_force(*leaves, w, 16**-0.5, cu)
     assert_close(out, ref, torch.float32, "o")
     for name, g, r in zip(("dq", "dk", "dv", "dbias"), grads, torch.autograd.grad(ref.square().sum(), leaves)):
         assert_close(g, r, torch.float32, name, factor=2.0)
-
-
-def _spy(kernel, atomic):
-    """registry.launch, noting the ATOMIC flag of each dq launch."""
-    launched = launch(kernel)
-
-    class Spy:
-        def __getitem__(self, grid):
-            def run(*args, **kwargs):
-                if "ATOMIC" in kwargs:
-                    atomic.append(kwargs["ATOMIC"])
-                return launched[grid](*args, **kwargs)
-            return run
-
-    return Spy()
 
 
 @pytest.mark.interpret

@@ -94,7 +94,7 @@ def _bwd_fake(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, kee
 # The forward is a triton_op on CUDA (Inductor traces its body, the block tables' torch ops
 # included: wrong on the GPU until the tables stopped searching a sliced tensor, see
 # kernels/varlen.bucket_of). The backward stays opaque on CUDA: traced, the windowed backward
-# (whose dq kernel adds into dk, dv, dbias with atomics) crashes Inductor's
+# (whose dq kernel then added into dk, dv, dbias with atomics) crashed Inductor's
 # decompose_triton_kernel_wrapper_functional pass (an assertion in replace_by_example, torch
 # 2.11; likely pytorch/pytorch#181735, not confirmed), while the one without a window compiles
 # and matches eager (docs/benchmarks/dmattn.md run 8). Opaque, Inductor calls the eager body,

@@ -13,9 +13,7 @@ import triton
 
 from ..registry import INTERPRET, Unsupported, launch
 from .triton_bwd import (
-    BWD_Q_WINDOW_CONFIG,
     KV_VARLEN_BLOCK_N,
-    _bwd_q_kernel,
     bwd_kv_kernel,
     bwd_kv_kernel_varlen,
     bwd_kv_window_kernel,
@@ -57,12 +55,6 @@ def _window(keep_window: int, t: int) -> int:
 # it. The interpreter runs fewer, larger programs faster, and 32 still gives several blocks at
 # the test sizes; on the GPU 128 queries per block amortize each gathered key over more rows.
 BLOCK_M = 32 if INTERPRET else 128
-
-# With a window, dk / dv / dbias come from the dq kernel's fp32 atomic adds (True) or from the
-# key-major kernel over sorted key tiles (triton_key_order; deterministic, so torch's
-# deterministic mode always takes it). The atomics' traffic (2.4 GB at B1 H16 T16384 w 1024)
-# against the key-major form's ~1.5x pairs and separate dq pass: not yet timed (NOTES).
-WINDOW_ATOMIC = True
 
 
 def _flags(q: torch.Tensor, d: int, varlen: bool) -> dict:
@@ -133,9 +125,6 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
     hkv = k.shape[2]
     g = h // hkv
     w = _window(keep_window, t)
-    # With a window the query-major kernel may add dk, dv, dbias with atomics, which land in no
-    # fixed order; in torch's deterministic mode the key-major window kernel computes them.
-    atomic = bool(w) and WINDOW_ATOMIC and not torch.are_deterministic_algorithms_enabled()
     # (b, h, t). Its own strides go to the kernels: under torch.compile it is a buffer whose
     # layout Inductor picks (same stride order, exact strides not promised, e.g. when it pads
     # static shapes), so it need not match lse's, as the kernels once assumed.
@@ -150,27 +139,20 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
         kept, kept_bias, theta = kept.contiguous(), kept_bias.contiguous(), theta.contiguous()
     else:
         kept = kept_bias = theta = layout.blk_info  # placeholders, never read
-    if atomic:  # accumulated with atomics by the query-major kernel
-        dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
-        dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-        dbias = torch.zeros(bias_c.shape, dtype=torch.float32, device=bias.device)
-    else:
-        dk, dv = torch.empty_like(k), torch.empty_like(v)
-        dbias = torch.empty(bias_c.shape, dtype=bias.dtype, device=bias.device)
-    q_kernel, q_cfg = (_bwd_q_kernel, BWD_Q_WINDOW_CONFIG) if atomic else (bwd_q_kernel, {})
-    launch(q_kernel)[(layout.n_blocks, b * h)](
-        q, k, v, bias_c, do, lse, delta, dq, dk, dv, dbias,
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dbias = torch.empty(bias_c.shape, dtype=bias.dtype, device=bias.device)
+    launch(bwd_q_kernel)[(layout.n_blocks, b * h)](
+        q, k, v, bias_c, do, lse, delta, dq,
         layout.blk_info, kept, kept_bias, theta,
         scale, t, d, h, g, max(w, 1), layout.n_blocks,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
-        *dk.stride()[:3], *dv.stride()[:3], dbias.stride(0), dbias.stride(1),
         bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1), delta.stride(0), delta.stride(1),
         kept.stride(0) if w else 0, kept.stride(1) if w else 0,
         theta.stride(0) if w else 0, theta.stride(1) if w else 0,
-        VARLEN=layout.varlen, WINDOW=bool(w), ATOMIC=atomic, BLOCK_M=BLOCK_M, **flags, **q_cfg,
+        VARLEN=layout.varlen, WINDOW=bool(w), BLOCK_M=BLOCK_M, **flags,
     )
-    if atomic:
-        return dq, dk.to(k.dtype), dv.to(v.dtype), dbias.to(bias.dtype)
+    # dk, dv, dbias key-major, deterministic: with a window over tiles of keys sorted by the last
+    # query keeping them (triton_key_order), without one over blocks of consecutive keys
     args = (q, k, v, bias_c, do, lse, delta, dk, dv, dbias)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
                *dk.stride()[:3], *dv.stride()[:3], dbias.stride(0), dbias.stride(1),

@@ -4,18 +4,17 @@ With dP = dO V^T, D_i = rowsum(dO * O) and dS = P * (dP - D) (the gradient of th
 dq = scale * dS K, dk = scale * dS^T Q, dv = P^T dO, dbias_j = column sums of dS, summed over
 the query heads of the key's kv head.
 
-* ``_bwd_q_kernel`` (query-major, the same key phases as the forward) computes dq. With a
-  keep_window (ATOMIC) it also adds dk, dv and dbias of its gathered keys into fp32 buffers
-  with atomics: a key is kept by an arbitrary set of query blocks, so the gathered lists cannot
-  be inverted into dense key-major work.
+* ``_bwd_q_kernel`` (query-major, the same key phases as the forward; with a keep_window,
+  over each query block's gathered keys) computes dq.
 * ``_bwd_kv_kernel`` (key-major) owns a key block of one kv head, loops over the query heads of
   that kv head and the causal queries, and accumulates dk, dv, dbias in registers: no atomics,
   deterministic.
 * ``_bwd_kv_window_kernel`` is the same with a window, over tiles of keys gathered in the order
   of triton_key_order: a tile visits only the queries from its earliest key to its latest
   last-keeping query, and the mask of a pair is ``j <= i <= last_j``. Every key sits in one
-  tile, so dk, dv, dbias are written once, without atomics (dq from ``_bwd_q_kernel`` without
-  ATOMIC).
+  tile, so dk, dv, dbias are written once, without atomics: deterministic. (Until the twelfth
+  session the dq kernel added them with fp32 atomics over its gathered lists; the key-major form
+  was as fast at B1 H16 T16384 w 1024 and 13% faster at B4 H16 T4096, dmattn.md run 10.)
 """
 
 from __future__ import annotations
@@ -38,14 +37,12 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
-                dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
-                ATOMIC: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+def _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask, s_kt, s_vt, offs_d, D, qk_scale,
+                UPCAST: tl.constexpr, IEEE: tl.constexpr,
                 MASK_LOADS: tl.constexpr = True, MASKED: tl.constexpr = True):
-    """One key tile of dq (and, ATOMIC, of dk, dv, dbias). MASK_LOADS = False: every row kj is
-    inside the sequence and D == BLOCK_D (EVEN); MASKED = False: every key is also visible to
-    every query (EVEN off-diagonal tiles). Query rows past the sequence end then get values
-    too, but their dq is never stored (and ATOMIC tiles are always masked)."""
+    """One key tile of dq. MASK_LOADS = False: every row kj is inside the sequence and D ==
+    BLOCK_D (EVEN); MASKED = False: every key is also visible to every query (EVEN off-diagonal
+    tiles). Query rows past the sequence end then get values too, but their dq is never stored."""
     if MASK_LOADS:
         k = load_rows(k_ptr, kj, col_ok, s_kt, offs_d, D, UPCAST)
         v = load_rows(v_ptr, kj, col_ok, s_vt, offs_d, D, UPCAST)
@@ -60,30 +57,21 @@ def _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
     dp = _dot(do, tl.trans(v), IEEE)
     ds = p * (dp - delta[:, None])
     dq += _dot(ds.to(k.dtype), k, IEEE)
-    if ATOMIC:
-        d_ok = col_ok[:, None] & (offs_d[None, :] < D)
-        dv_part = _dot(tl.trans(p.to(do.dtype)), do, IEEE)
-        dk_part = _dot(tl.trans(ds.to(q.dtype)), q, IEEE) * sm_scale
-        tl.atomic_add(dv_ptr + kj[:, None].to(tl.int64) * s_dvt + offs_d[None, :], dv_part, mask=d_ok, sem="relaxed")
-        tl.atomic_add(dk_ptr + kj[:, None].to(tl.int64) * s_dkt + offs_d[None, :], dk_part, mask=d_ok, sem="relaxed")
-        tl.atomic_add(db_ptr + kj, tl.sum(ds, axis=0), mask=col_ok, sem="relaxed")
     return dq
 
 
 @triton.jit
 def _bwd_q_kernel(
-    q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr, db_ptr,
+    q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     info_ptr, kept_ptr, keptb_ptr, theta_ptr,
     sm_scale, T, D, H, G, W, N_BLK,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_dob, s_dot, s_doh, s_dqb, s_dqt, s_dqh,
-    s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_dbb, s_dbh,
     s_bb, s_bh, s_lb, s_lh, s_deb, s_deh, s_keb, s_keh, s_thb, s_thh,
-    VARLEN: tl.constexpr, WINDOW: tl.constexpr, ATOMIC: tl.constexpr, BLOCK_M: tl.constexpr,
+    VARLEN: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
     EVEN: tl.constexpr,
 ):
     tl.static_assert(BLOCK_M % BLOCK_N == 0)
-    tl.static_assert(WINDOW or not ATOMIC)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = pid_bh // H
@@ -97,9 +85,6 @@ def _bwd_q_kernel(
     k_ptr += bi64 * s_kb + hk * s_kh
     v_ptr += bi64 * s_vb + hk * s_vh
     b_ptr += bi64 * s_bb + hk * s_bh
-    dk_ptr += bi64 * s_dkb + hk * s_dkh
-    dv_ptr += bi64 * s_dvb + hk * s_dvh
-    db_ptr += bi64 * s_dbb + hk * s_dbh
     offs_m = i0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -125,24 +110,21 @@ def _bwd_q_kernel(
             keep = kept_by(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
             mask = keep & col_ok[None, :] & row_ok[:, None]
             dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
-                             dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
-                             ATOMIC, UPCAST, IEEE)
+                             s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
     elif EVEN:  # whole tiles before the diagonal block (see _bwd_q_tile)
         for n0 in range(0, i0, BLOCK_N):
             kj = n0 + offs_n
             bj = tl.load(b_ptr + kj).to(tl.float32)
             dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, kj >= 0, None,
-                             dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
-                             False, UPCAST, IEEE, MASK_LOADS=False, MASKED=False)
+                             s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE,
+                             MASK_LOADS=False, MASKED=False)
     else:
         for n0 in range(start, i0, BLOCK_N):
             kj = n0 + offs_n
             col_ok = kj < i0
             bj = tl.load(b_ptr + kj, mask=col_ok, other=0.0).to(tl.float32)
             dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok,
-                             col_ok[None, :] & row_ok[:, None],
-                             dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
-                             False, UPCAST, IEEE)
+                             col_ok[None, :] & row_ok[:, None], s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
     hi = tl.minimum(i0 + BLOCK_M, end)
     for n0 in tl.range(i0, hi, BLOCK_N, num_stages=1):  # unpipelined, as in the forward
         kj = n0 + offs_n
@@ -155,8 +137,7 @@ def _bwd_q_kernel(
         if EVEN and not WINDOW:  # rows past the end (last block only) read clamped, masked in P
             kj = tl.minimum(kj, end - 1)
         dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
-                         dk_ptr, dv_ptr, db_ptr, s_kt, s_vt, s_dkt, s_dvt, offs_d, D, qk_scale, sm_scale,
-                         ATOMIC, UPCAST, IEEE, MASK_LOADS=WINDOW or not EVEN)
+                         s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE, MASK_LOADS=WINDOW or not EVEN)
     tl.store(dq_ptr + offs_m[:, None].to(tl.int64) * s_dqt + offs_d[None, :], (dq * sm_scale).to(dq_ptr.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d[None, :] < D))
 
@@ -328,12 +309,10 @@ bwd_kv_kernel_varlen = Autotuned(
     [triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=s) for n, m, w, s in _KV_CONFIGS if n == _KV_CONFIGS[0][0]],
     key=["D", "G", "VARLEN"])
 KV_VARLEN_BLOCK_N = _KV_CONFIGS[0][0]
-# dq alone, with or without a window (the autotuner runs it several times); with ATOMIC the
-# kernel also adds dk, dv, dbias and must run once, at BWD_Q_WINDOW_CONFIG.
+# dq, with or without a window.
 # First: the H200's choice (run 6); 192 KB of shared memory at head dim 256.
 bwd_q_kernel = _tuned(_bwd_q_kernel, [(32, 4, 1)] if INTERPRET else [(64, 8, 2), (32, 4, 3), (32, 8, 3), (64, 4, 2)],
                       key=["D", "G", "VARLEN", "BLOCK_M", "WINDOW"])
-BWD_Q_WINDOW_CONFIG = dict(BLOCK_N=32, num_warps=4, num_stages=1) if INTERPRET else dict(BLOCK_N=64, num_warps=8, num_stages=2)
 
 # The window's key-major kernel: its key tile sets how alike the gathered keys' query ranges
 # are (triton_key_order: 1.29x the kept pairs at 64 keys, 1.20x at 32), so both are tuned.
