@@ -13,13 +13,10 @@ correct outputs; the others are diagnostics, timed and never used:
 - ``none``: no rotation (the RoPE-free kernel);
 - ``const_tables``: partner channels loaded, cos / sin constants: what the table loads cost;
 - ``no_partner``: tables loaded, the partner channel replaced by the channel itself: what the
-  second load of B / C costs;
-- ``i32_rotate``: the library's math with the rotation's per-element offsets in int32 (the
-  library's are int64, as rows are): compiled with triton 3.6 for sm_90a this takes the
-  forward's spills with RoPE from 4.1 to 1.9 KB per thread (8 warps, 1 stage);
-- ``i32_all``: also every other load of the forward kernel with int32 offsets (1.8 KB; 1.6 KB
-  at 8 warps, 2 stages, against 4.5). Correct here (the probe's tensors are far below 2^31
-  elements); the library would need a guard for larger ones.
+  second load of B / C costs.
+(The rotation's offsets in int32, a fifth form that compiled with far fewer spills on triton
+3.6, became the library's in the tenth session and was reverted after ssd.md run 13 measured it
+slower.)
 Each runs in a process of its own: Triton resolves a kernel's helpers when it first compiles
 it. The output's sum is printed too: a diagnostic whose sum equals ``rope``'s was not patched in.
 """
@@ -42,7 +39,7 @@ from wmzoo.kernels.ssd import ssd  # noqa: E402
 from wmzoo.kernels.ssd import triton_fwd  # noqa: E402
 from wmzoo.kernels.ssd.triton_common import load_cols  # noqa: E402
 
-VARIANTS = ("none", "rope", "const_tables", "no_partner", "i32_rotate", "i32_all")
+VARIANTS = ("none", "rope", "const_tables", "no_partner")
 SHAPE = (4, 4096, 64, 64, 128, 64)  # B, T, H, P, N, G: bench_ssd's main shape
 ROPE_DIM = 64
 
@@ -75,53 +72,11 @@ def _no_partner(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
     return z * cos + tl.where(first, -1.0, 1.0)[None, :] * z * sin
 
 
-@triton.jit
-def _load_cols_i32(ptr, row_stride, rows, row_mask, col0, width, BLOCK: tl.constexpr):
-    cols = tl.arange(0, BLOCK)
-    mask = row_mask[:, None] & (cols[None, :] < width)
-    offs = (rows.to(tl.int32) * row_stride + col0)[:, None] + cols[None, :]
-    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _rotated_i32(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, NB: tl.constexpr):
-    cols = tl.arange(0, NB)
-    first = cols < HALF
-    rotated = row_mask[:, None] & (cols[None, :] < 2 * HALF)
-    partner = tl.where(first, cols + HALF, cols - HALF)
-    freq = tl.where(first, cols, cols - HALF)
-    r32 = rows.to(tl.int32)
-    zp = tl.load(ptr + ((r32 * row_stride)[:, None] + partner[None, :]), mask=rotated, other=0.0).to(tl.float32)
-    table = (r32 * HALF)[:, None] + freq[None, :]
-    cos = tl.load(cos_ptr + table, mask=rotated, other=1.0)
-    sin = tl.load(sin_ptr + table, mask=rotated, other=0.0)
-    return z * cos + tl.where(first, -1.0, 1.0)[None, :] * zp * sin
-
-
-@triton.jit
-def _i32_rotate(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
-                NB: tl.constexpr, ROPE: tl.constexpr):
-    z = load_cols(ptr, row_stride, rows, row_mask, 0, N, NB)
-    return _rotated_i32(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, NB)
-
-
-@triton.jit
-def _i32_all(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
-             NB: tl.constexpr, ROPE: tl.constexpr):
-    z = _load_cols_i32(ptr, row_stride, rows, row_mask, 0, N, NB)
-    return _rotated_i32(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, NB)
-
-
 def run_variant(name: str) -> dict:
     if name == "const_tables":
         triton_fwd.load_rotated = _const_tables
     elif name == "no_partner":
         triton_fwd.load_rotated = _no_partner
-    elif name == "i32_rotate":
-        triton_fwd.load_rotated = _i32_rotate
-    elif name == "i32_all":
-        triton_fwd.load_rotated = _i32_all
-        triton_fwd.load_cols = _load_cols_i32
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     b, t, h, p, n, g = SHAPE if dev == "cuda" else (1, 130, 2, 16, 32, 1)
     gen = torch.Generator(device=dev).manual_seed(0)
