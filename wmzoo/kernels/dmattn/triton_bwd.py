@@ -177,6 +177,16 @@ def _query_head(q_ptr, do_ptr, lse_ptr, delta_ptr, bi64, hq, s_qb, s_qh, s_dob, 
 
 
 @triton.jit
+def _store_key_grads(dk_ptr, dv_ptr, db_ptr, keys, col_ok, dk, dv, db, s_dkt, s_dvt, offs_d, D):
+    """dk, dv (rows ``keys``) and dbias of a key tile, pointers at its (batch row, kv head)."""
+    d_ok = col_ok[:, None] & (offs_d[None, :] < D)
+    rows = keys[:, None].to(tl.int64)
+    tl.store(dk_ptr + rows * s_dkt + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty), mask=d_ok)
+    tl.store(dv_ptr + rows * s_dvt + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=d_ok)
+    tl.store(db_ptr + keys, db.to(db_ptr.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
 def _bwd_kv_kernel(
     q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, db_ptr, info_ptr,
     sm_scale, T, D, HKV, G, N_BLK,
@@ -231,12 +241,8 @@ def _bwd_kv_kernel(
                 dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr, offs_m, row_ok,
                                           col_ok[:, None] & row_ok[None, :], s_qt, s_dot, offs_d, D, qk_scale,
                                           UPCAST, IEEE, True)
-    d_ok = col_ok[:, None] & (offs_d[None, :] < D)
-    rows = offs_n[:, None].to(tl.int64)
-    tl.store(dk_ptr + bi64 * s_dkb + hk * s_dkh + rows * s_dkt + offs_d[None, :], (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=d_ok)
-    tl.store(dv_ptr + bi64 * s_dvb + hk * s_dvh + rows * s_dvt + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=d_ok)
-    tl.store(db_ptr + bi64 * s_dbb + hk * s_dbh + offs_n, db.to(db_ptr.dtype.element_ty), mask=col_ok)
-
+    _store_key_grads(dk_ptr + bi64 * s_dkb + hk * s_dkh, dv_ptr + bi64 * s_dvb + hk * s_dvh, db_ptr + bi64 * s_dbb + hk * s_dbh,
+                     offs_n, col_ok, dk * sm_scale, dv, db, s_dkt, s_dvt, offs_d, D)
 
 
 @triton.jit
@@ -288,11 +294,9 @@ def _bwd_kv_window_kernel(
             mask = live[:, None] & (offs_m[None, :] >= kj[:, None]) & (offs_m[None, :] <= lj[:, None])
             dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr, offs_m, row_ok,
                                       mask, s_qt, s_dot, offs_d, D, qk_scale, UPCAST, IEEE, True)
-    d_ok = col_ok[:, None] & (offs_d[None, :] < D)
-    rows = kj[:, None].to(tl.int64)
-    tl.store(dk_ptr + bi64 * s_dkb + hk * s_dkh + rows * s_dkt + offs_d[None, :], (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=d_ok)
-    tl.store(dv_ptr + bi64 * s_dvb + hk * s_dvh + rows * s_dvt + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=d_ok)
-    tl.store(db_ptr + bi64 * s_dbb + hk * s_dbh + kj, db.to(db_ptr.dtype.element_ty), mask=col_ok)
+    _store_key_grads(dk_ptr + bi64 * s_dkb + hk * s_dkh, dv_ptr + bi64 * s_dvb + hk * s_dvh, db_ptr + bi64 * s_dbb + hk * s_dbh,
+                     kj, col_ok, dk * sm_scale, dv, db, s_dkt, s_dvt, offs_d, D)
+
 
 # First: the H200's choice at B4 H16 T4096 D128 (dmattn.md run 6), which also fits at head dim
 # 256 (96 KB of shared memory); deterministic mode pins it (kernels/autotune).
