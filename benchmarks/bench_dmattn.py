@@ -205,7 +205,7 @@ def train(quick: bool, budget_s: float, t_start: float):
             if w >= T:
                 continue
             # the anchor gets its per-query thresholds from wmzoo's selection for free (not timed)
-            _, _, ti = triton_backend.select_window(bias_bf.detach().float(), w, triton_backend.BLOCK_M, triton_backend.block_layout(T, None, triton_backend.BLOCK_M, DEV))
+            _, _, ti, _ = triton_backend.select_window(bias_bf.detach().float(), w, triton_backend.BLOCK_M, triton_backend.block_layout(T, None, triton_backend.BLOCK_M, DEV))
             th_i.copy_(ti)
             th_b.copy_(torch.where(ti >= 0, bias_bf.detach().float().gather(-1, ti.clamp(min=0).long()), float("-inf")))
             mk = lambda: create_block_mask(window_mask, B, H, T, T, device=DEV)

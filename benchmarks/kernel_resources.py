@@ -39,7 +39,7 @@ H200_SHARED = 232448  # bytes of shared memory per block (opt-in maximum)
 # (the H200's autotune keys of run 6 show a float32 bias).
 BF16_PTRS = {"x_ptr", "B_ptr", "C_ptr", "dy_ptr", "y_ptr", "dx_ptr", "dB_ptr", "dC_ptr",
              "q_ptr", "k_ptr", "v_ptr", "o_ptr", "do_ptr", "dq_ptr", "dk_ptr", "dv_ptr"}
-INT_PTRS = {"cu_ptr", "info_ptr", "kept_ptr", "theta_ptr", "order_ptr", "last_ptr"}
+INT_PTRS = {"cu_ptr", "info_ptr", "kept_ptr", "theta_ptr", "count_ptr", "order_ptr", "last_ptr"}
 
 
 def ptxas() -> str:

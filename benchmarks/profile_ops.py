@@ -49,7 +49,7 @@ def report(name: str, fn, device: torch.device) -> None:
     device_ms = sum(e.device_time_total for e in on_device) / 1e3 / CALLS
     print(f"\n== {name}: {wall_ms:.3f} ms wall per call (profiler on), {device_ms:.3f} ms of kernels per call")
     sort = "device_time_total" if on_device else "cpu_time_total"
-    print(events.table(sort_by=sort, row_limit=12, max_name_column_width=60))
+    print(events.table(sort_by=sort, row_limit=24, max_name_column_width=60))
 
 
 def ssd_cases(device: torch.device, tiny: bool):
@@ -98,7 +98,7 @@ def dmattn_cases(device: torch.device, tiny: bool):
 
 def chosen_configs() -> None:
     """The config each autotuned kernel settled on, per autotune key (what the profile ran)."""
-    from wmzoo.kernels.autotune_choices import autotune_choices
+    from wmzoo.kernels.autotune import autotune_choices
 
     print("\n== autotune choices")
     for kernel_key, cfg in autotune_choices().items():

@@ -90,16 +90,16 @@ def test_dmattn_kernels_are_seen_writing_their_outputs(hopper, monkeypatch, varl
     cu = torch.tensor([0, 120, t], dtype=torch.int32) if varlen else None
     none = torch.empty(0)
     backend.forward(q, k, v, bias, cu, 0, d ** -0.5)
-    backend.backward(torch.randn_like(q), q, k, v, bias, torch.randn_like(q), lse, none, none, none, cu, 0, d ** -0.5)
-    expected = {"_fwd_kernel": {"o_ptr", "lse_ptr"}, "_bwd_q_kernel": {"dq_ptr"},
+    backend.backward(torch.randn_like(q), q, k, v, bias, torch.randn_like(q), lse, none, none, none, none, cu, 0, d ** -0.5)
+    expected = {"_fwd_kernel": {"o_ptr", "lse_ptr"}, "_bwd_q_kernel": {"dq_ptr", "delta_ptr"},
                 "_bwd_kv_kernel": {"dk_ptr", "dv_ptr", "db_ptr"}}
     assert sorted(jit_function(kern).__name__ for kern, _, _ in calls) == sorted(expected)
-    check(calls, expected, read_only={"q_ptr", "k_ptr", "v_ptr", "b_ptr", "do_ptr", "delta_ptr"})
+    check(calls, expected, read_only={"q_ptr", "k_ptr", "v_ptr", "b_ptr", "do_ptr"})
 
 
 @pytest.mark.parametrize("varlen", [False, True])
 def test_dmattn_windowed_backward_kernels_are_seen_writing_their_outputs(hopper, monkeypatch, varlen):
-    """The windowed backward: dq, each key's last keeping query, and the key-major kernel's
+    """The windowed backward: dq and D, each key's last keeping query, and the key-major kernel's
     dk, dv, dbias stored at gathered key rows. (The key order is reported written too: the
     stores' addresses come from values loaded from it.)"""
     backend = importlib.import_module("wmzoo.kernels.dmattn.triton_backend")
@@ -114,12 +114,12 @@ def test_dmattn_windowed_backward_kernels_are_seen_writing_their_outputs(hopper,
     kept = torch.zeros(1, hkv, blocks, w, dtype=torch.int32)
     theta = torch.full((1, hkv, t), -1, dtype=torch.int32)
     backend.backward(torch.randn_like(q), q, k, v, bias, torch.randn_like(q), lse, kept, kept.float(), theta,
-                     cu, w, d ** -0.5)
+                     torch.zeros_like(theta), cu, w, d ** -0.5)
     calls += order_calls
-    expected = {"_bwd_q_kernel": {"dq_ptr"}, "_last_query_kernel": {"last_ptr"},
+    expected = {"_bwd_q_kernel": {"dq_ptr", "delta_ptr"}, "_last_query_kernel": {"last_ptr"},
                 "_bwd_kv_window_kernel": {"dk_ptr", "dv_ptr", "db_ptr"}}
     assert sorted(jit_function(kern).__name__ for kern, _, _ in calls) == sorted(expected)
-    check(calls, expected, read_only={"q_ptr", "k_ptr", "v_ptr", "b_ptr", "do_ptr", "delta_ptr", "theta_ptr"})
+    check(calls, expected, read_only={"q_ptr", "k_ptr", "v_ptr", "b_ptr", "do_ptr", "theta_ptr", "count_ptr"})
 
 
 @pytest.mark.parametrize("varlen", [False, True])
@@ -138,7 +138,7 @@ def test_dmattn_window_selection_kernels_are_seen_writing_their_outputs(hopper, 
     layout = layout_of(t, cu, 128, bias.device)
     select.select_window(bias, 100, 128, layout)
     expected = {"_block_sort_kernel": {"out_ptr", "outb_ptr"}, "_scan_kernel": {"out_ptr", "outb_ptr"},
-                "_theta_kernel": {"theta_ptr"}}
+                "_theta_kernel": {"theta_ptr", "count_ptr"}}
     names = [jit_function(kern).__name__ for kern, _, _ in calls]
     assert names == ["_block_sort_kernel"] + ["_scan_kernel"] * select.scan_steps(t, 128) + ["_theta_kernel"], names
     # (the scan step's input lists are reported written too: torch counts an argument as written

@@ -203,7 +203,7 @@ def test_opcheck():
         torch.library.opcheck(FWD, args)
         o, lse, *lists = FWD(*(x.detach() if isinstance(x, torch.Tensor) else x for x in args))
         # the reference makes no window selection: its list outputs are empty stand-ins
-        assert [(x.numel(), x.dtype) for x in lists] == [(0, torch.int32), (0, torch.float32), (0, torch.int32)]
+        assert [(x.numel(), x.dtype) for x in lists] == [(0, torch.int32), (0, torch.float32), (0, torch.int32), (0, torch.int32)]
         do = torch.randn_like(o)
         torch.library.opcheck(BWD, (do, q.detach(), k.detach(), v.detach(), bias.detach(), o, lse, *lists, cu, w, 0.25))
 

@@ -62,7 +62,7 @@ def run_case(b, t, h, hkv, d, w, dtype, bias_kind="normal", cu=None, seed=0):
     cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)
     o, lse, lists = triton_backend.forward_with_window(q, k, v, bias, cut, w or 0, scale)
     assert (lists is None) == (w is None or w >= t)
-    grads = triton_backend.backward(do, q, k, v, bias, o, lse, *(lists or (None,) * 3), cut, w or 0, scale)
+    grads = triton_backend.backward(do, q, k, v, bias, o, lse, *(lists or (None,) * 4), cut, w or 0, scale)
     leaves = [x.double().requires_grad_() for x in (q, k, v, bias)]
     o_ref, lse_ref = brute_force(*leaves, w, scale, cu)
     ref_grads = torch.autograd.grad(o_ref, leaves, do.double())
@@ -140,7 +140,8 @@ def ranked(bias: torch.Tensor, keys: range) -> list[int]:
 def test_window_selection_lists_and_thresholds(monkeypatch, t, w, cu, kind, chunk):
     """The selection itself, against sorting written here: block m's list holds the top-w keys
     of its sequence before the block, best first, -1 after; theta[i] is the w-th best key of
-    i's causal prefix in its sequence, -1 while that prefix has fewer than w keys. Batch rows and
+    i's causal prefix in its sequence, -1 while that prefix has fewer than w keys; count[i] is
+    how many of its block's list i keeps (a prefix of the list). Batch rows and
     heads (b 2, hkv 2) have their own biases; up to 10 blocks per sequence: 4 scan steps; a
     small chunk splits each merge over several scan programs."""
     monkeypatch.setattr(triton_select, "SCAN_CHUNK", chunk)
@@ -148,7 +149,7 @@ def test_window_selection_lists_and_thresholds(monkeypatch, t, w, cu, kind, chun
     bias = make_bias(kind, (2, 2, t), gen)
     cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)
     layout = triton_backend.block_layout(t, cut, triton_backend.BLOCK_M, bias.device)
-    kept, kept_bias, theta = triton_backend.select_window(bias, w, triton_backend.BLOCK_M, layout)
+    kept, kept_bias, theta, count = triton_backend.select_window(bias, w, triton_backend.BLOCK_M, layout)
     m = triton_backend.BLOCK_M
     bounds = [0, t] if cu is None else cu
     for x in range(2):
@@ -159,6 +160,11 @@ def test_window_selection_lists_and_thresholds(monkeypatch, t, w, cu, kind, chun
                 for i in range(s0, s1):
                     best = ranked(row, range(s0, i + 1))
                     assert theta[x, y, i].item() == (best[w - 1] if len(best) >= w else -1), (x, y, i)
+                    # count: the slots of i's block list that i keeps, which are a prefix of it
+                    block_list = ranked(row, range(s0, s0 + (i - s0) // m * m))[:w]
+                    kept_slots = [s for s, key in enumerate(block_list) if key in best[:w]]
+                    assert kept_slots == list(range(len(kept_slots))), (x, y, i)
+                    assert count[x, y, i].item() == len(kept_slots), (x, y, i)
                 for b0 in range(s0, s1, m):
                     want = ranked(row, range(s0, b0))[:w]
                     got = kept[x, y, blk].tolist()
@@ -178,7 +184,7 @@ def test_key_order_last_query(t, w, cu, kind):
     bias = make_bias(kind, (2, 2, t), gen)
     cut = None if cu is None else torch.tensor(cu, dtype=torch.int32)
     layout = triton_backend.block_layout(t, cut, triton_backend.BLOCK_M, bias.device)
-    _, _, theta = triton_backend.select_window(bias, w, triton_backend.BLOCK_M, layout)
+    _, _, theta, _ = triton_backend.select_window(bias, w, triton_backend.BLOCK_M, layout)
     order, last = triton_backend.key_order(bias, theta, w, layout)
     bounds = [0, t] if cu is None else cu
     for x in range(2):
@@ -199,7 +205,7 @@ def test_key_order_tiles_stay_near_the_kept_pairs():
     t, w, tile = 1024, 128, 32
     bias = torch.randn(1, 1, t, generator=torch.Generator().manual_seed(0))
     layout = triton_backend.block_layout(t, None, triton_backend.BLOCK_M, bias.device)
-    _, _, theta = triton_backend.select_window(bias, w, triton_backend.BLOCK_M, layout)
+    _, _, theta, _ = triton_backend.select_window(bias, w, triton_backend.BLOCK_M, layout)
     order, last = (x[0, 0] for x in triton_backend.key_order(bias, theta, w, layout))
 
     def visited(keys):
@@ -272,7 +278,7 @@ def test_opcheck_on_triton_path():
         torch.library.opcheck(dmattn_fwd, args)
         o, lse, *lists = dmattn_fwd(*(x.detach() if isinstance(x, torch.Tensor) else x for x in args))
         if w:  # the selection, shaped from input shapes and w alone (n_blocks: 21/32 -> 1, + 2 seqs)
-            assert [tuple(x.shape) for x in lists] == [(1, 2, 3, w), (1, 2, 3, w), (1, 2, 21)]
+            assert [tuple(x.shape) for x in lists] == [(1, 2, 3, w), (1, 2, 3, w), (1, 2, 21), (1, 2, 21)]
         do = torch.randn_like(o)
         torch.library.opcheck(dmattn_bwd, (do, q.detach(), k.detach(), v.detach(), bias.detach(), o, lse, *lists, cu, w, 0.25))
 
@@ -393,7 +399,7 @@ def test_gpu_bf16_matches_brute_force(t, w, det, request):
     bias = (torch.randn(b, hkv, t, device="cuda", generator=gen) * 2).round()
     do = torch.randn(b, t, h, d, device="cuda", generator=gen).bfloat16()
     o, lse, lists = triton_backend.forward_with_window(q, k, v, bias, None, w or 0, d**-0.5)
-    grads = triton_backend.backward(do, q, k, v, bias, o, lse, *(lists or (None,) * 3), None, w or 0, d**-0.5)
+    grads = triton_backend.backward(do, q, k, v, bias, o, lse, *(lists or (None,) * 4), None, w or 0, d**-0.5)
     leaves = [x.cpu().double().requires_grad_() for x in (q, k, v, bias)]
     o_ref, _ = brute_force(*leaves, w, d**-0.5)
     ref_grads = torch.autograd.grad(o_ref, leaves, do.cpu().double())
@@ -404,7 +410,7 @@ def test_gpu_bf16_matches_brute_force(t, w, det, request):
         else:
             assert_close(got, want, torch.bfloat16, name, factor=2.0)
     if det:
-        again = triton_backend.backward(do, q, k, v, bias, o, lse, *(lists or (None,) * 3), None, w or 0, d**-0.5)
+        again = triton_backend.backward(do, q, k, v, bias, o, lse, *(lists or (None,) * 4), None, w or 0, d**-0.5)
         assert all(torch.equal(a, b) for a, b in zip(grads, again))
 
 

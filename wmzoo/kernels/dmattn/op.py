@@ -34,18 +34,18 @@ def _window(keep_window: int) -> int | None:
     return keep_window if keep_window > 0 else None
 
 
-def _no_window_lists(q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The (kept, kept_bias, theta) outputs when no window selection was made (reference path,
+def _no_window_lists(q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The (kept, kept_bias, theta, count) outputs when no window selection was made (reference path,
     no window): empty, in the dtypes of the real lists, since op schemas cannot return None."""
     none = empty_like_none(q)
-    return none.to(torch.int32), none.to(torch.float32), none.to(torch.int32)
+    return none.to(torch.int32), none.to(torch.float32), none.to(torch.int32), none.to(torch.int32)
 
 
 def _fwd_body(
     q: Tensor, k: Tensor, v: Tensor, bias: Tensor, cu_seqlens: Optional[Tensor],
     keep_window: int, scale: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """o, lse and the window selection (kept, kept_bias, theta, as triton_select writes them),
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """o, lse and the window selection (kept, kept_bias, theta, count, as triton_select writes them),
     returned so that the backward need not select again."""
     def triton():
         o, lse, lists = triton_backend.forward_with_window(q, k, v, bias, cu_seqlens, keep_window, scale)
@@ -74,20 +74,20 @@ _fwd_op = register_op("dmattn_fwd", _fwd_body, fake=_fwd_fake)
 
 def _bwd_body(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, o: Tensor, lse: Tensor,
-    kept: Tensor, kept_bias: Tensor, theta: Tensor,
+    kept: Tensor, kept_bias: Tensor, theta: Tensor, count: Tensor,
     cu_seqlens: Optional[Tensor], keep_window: int, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The Triton backward reuses the forward's window selection (kept, kept_bias, theta)."""
+    """The Triton backward reuses the forward's window selection (kept, kept_bias, theta, count)."""
     return contiguous_outputs(triton_or_reference(
         (do, q, k, v, bias, cu_seqlens),
         triton_backend and (lambda: triton_backend.backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta,
-                                                            cu_seqlens, keep_window, scale)),
+                                                            count, cu_seqlens, keep_window, scale)),
         lambda: dmattn_reference_backward(do, q, k, v, bias, keep_window=_window(keep_window),
                                           scale=scale, cu_seqlens=cu_seqlens),
     ))
 
 
-def _bwd_fake(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep_window, scale):
+def _bwd_fake(do, q, k, v, bias, o, lse, kept, kept_bias, theta, count, cu_seqlens, keep_window, scale):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), bias.new_empty(bias.shape)
 
 
@@ -104,16 +104,16 @@ _bwd_op = register_op("dmattn_bwd", _bwd_body, fake=_bwd_fake, opaque=True)
 
 def _setup_context(ctx, inputs, output):
     q, k, v, bias, cu_seqlens, keep_window, scale = inputs
-    o, lse, kept, kept_bias, theta = output
-    ctx.save_for_backward(q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens)
+    o, lse, kept, kept_bias, theta, count = output
+    ctx.save_for_backward(q, k, v, bias, o, lse, kept, kept_bias, theta, count, cu_seqlens)
     ctx.keep_window, ctx.scale = keep_window, scale
-    ctx.mark_non_differentiable(lse, kept, kept_bias, theta)
+    ctx.mark_non_differentiable(lse, kept, kept_bias, theta, count)
     ctx.set_materialize_grads(False)  # no zero grads allocated for the non-differentiable outputs
 
 
-def _backward(ctx, do, _dlse, _dkept, _dkept_bias, _dtheta):
-    q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens = ctx.saved_tensors
-    dq, dk, dv, dbias = _bwd_op(do.contiguous(), q, k, v, bias, o, lse, kept, kept_bias, theta,
+def _backward(ctx, do, _dlse, _dkept, _dkept_bias, _dtheta, _dcount):
+    q, k, v, bias, o, lse, kept, kept_bias, theta, count, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv, dbias = _bwd_op(do.contiguous(), q, k, v, bias, o, lse, kept, kept_bias, theta, count,
                                 cu_seqlens, ctx.keep_window, ctx.scale)
     return dq, dk, dv, dbias, None, None, None
 

@@ -66,7 +66,7 @@ def _flags(q: torch.Tensor, d: int, varlen: bool) -> dict:
 
 
 def empty_window_lists(q, k, v, bias, cu_seqlens, keep_window: int):
-    """Uninitialized (kept, kept_bias, theta) of the shapes ``forward_with_window`` returns when
+    """Uninitialized (kept, kept_bias, theta, count) of the shapes ``forward_with_window`` returns when
     the kernels take this input with a window, else None; raises ``Unsupported`` as ``forward``.
     For the op's fake: every shape follows from input shapes and keep_window (block_layout
     builds its tables with device ops only, so it runs on fake tensors without host syncs)."""
@@ -79,7 +79,7 @@ def empty_window_lists(q, k, v, bias, cu_seqlens, keep_window: int):
     n_blocks = block_layout(t, cu_seqlens, BLOCK_M, q.device).n_blocks
     return (q.new_empty((b, hkv, n_blocks, w), dtype=torch.int32),
             q.new_empty((b, hkv, n_blocks, w), dtype=torch.float32),
-            q.new_empty((b, hkv, t), dtype=torch.int32))
+            q.new_empty((b, hkv, t), dtype=torch.int32), q.new_empty((b, hkv, t), dtype=torch.int32))
 
 
 def forward(q, k, v, bias, cu_seqlens, keep_window: int, scale: float):
@@ -88,7 +88,7 @@ def forward(q, k, v, bias, cu_seqlens, keep_window: int, scale: float):
 
 
 def forward_with_window(q, k, v, bias, cu_seqlens, keep_window: int, scale: float):
-    """o, lse and the window selection (kept, kept_bias, theta; see triton_select), which the
+    """o, lse and the window selection (kept, kept_bias, theta, count; see triton_select), which the
     backward takes instead of selecting again; None instead of the selection without a window."""
     _check(q, k, v, bias)
     q, k, v, bias = _rows(q), _rows(k), _rows(v), bias.contiguous()
@@ -99,10 +99,10 @@ def forward_with_window(q, k, v, bias, cu_seqlens, keep_window: int, scale: floa
     o = torch.empty_like(q)
     lse = torch.empty((b, h, t), dtype=torch.float32, device=q.device)
     lists = select_window(bias, w, BLOCK_M, layout) if w else None
-    kept, kept_bias, theta = lists or (layout.blk_info,) * 3  # placeholders without a window, never read
+    kept, kept_bias, theta, count = lists or (layout.blk_info,) * 4  # placeholders without a window, never read
     flags = _flags(q, d, layout.varlen)
     launch(fwd_kernel)[(layout.n_blocks, b * h)](
-        q, k, v, bias, o, lse, layout.blk_info, kept, kept_bias, theta,
+        q, k, v, bias, o, lse, layout.blk_info, kept, kept_bias, theta, count,
         scale, t, d, h, h // hkv, max(w, 1), layout.n_blocks,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         bias.stride(0), bias.stride(1), lse.stride(0), lse.stride(1),
@@ -113,10 +113,10 @@ def forward_with_window(q, k, v, bias, cu_seqlens, keep_window: int, scale: floa
     return o, lse, lists
 
 
-def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep_window: int,
+def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, count, cu_seqlens, keep_window: int,
              scale: float):
-    """dq, dk, dv, dbias; with a window, from the forward's selection (kept, kept_bias, theta),
-    which are ignored without one."""
+    """dq, dk, dv, dbias; with a window, from the forward's selection (kept, kept_bias, theta,
+    count), which are ignored without one."""
     _check(q, k, v, bias)
     do, q, k, v, o = _rows(do), _rows(q), _rows(k), _rows(v), _rows(o)
     bias_c = bias.contiguous()
@@ -125,10 +125,8 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
     hkv = k.shape[2]
     g = h // hkv
     w = _window(keep_window, t)
-    # (b, h, t). Its own strides go to the kernels: under torch.compile it is a buffer whose
-    # layout Inductor picks (same stride order, exact strides not promised, e.g. when it pads
-    # static shapes), so it need not match lse's, as the kernels once assumed.
-    delta = (o.float() * do.float()).sum(-1).transpose(1, 2).contiguous()
+    # rowsum(dO * O) (b, h, t), written by the dq kernel for the key-major kernels after it
+    delta = torch.empty((b, h, t), dtype=torch.float32, device=q.device)
     layout = block_layout(t, cu_seqlens, BLOCK_M, q.device)
     flags = _flags(q, d, layout.varlen)
     dq = torch.empty_like(q)
@@ -136,16 +134,17 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, cu_seqlens, keep
         raise Unsupported(f"kept: shape {tuple(kept.shape)}, expected the forward's window lists "
                           f"(b, hkv, blocks, {w})")
     if w:
-        kept, kept_bias, theta = kept.contiguous(), kept_bias.contiguous(), theta.contiguous()
+        # contiguous: count shares theta's strides in the kernels
+        kept, kept_bias, theta, count = (x.contiguous() for x in (kept, kept_bias, theta, count))
     else:
-        kept = kept_bias = theta = layout.blk_info  # placeholders, never read
+        kept = kept_bias = theta = count = layout.blk_info  # placeholders, never read
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     dbias = torch.empty(bias_c.shape, dtype=bias.dtype, device=bias.device)
     launch(bwd_q_kernel)[(layout.n_blocks, b * h)](
-        q, k, v, bias_c, do, lse, delta, dq,
-        layout.blk_info, kept, kept_bias, theta,
+        q, k, v, bias_c, do, o, lse, delta, dq,
+        layout.blk_info, kept, kept_bias, theta, count,
         scale, t, d, h, g, max(w, 1), layout.n_blocks,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *o.stride()[:3], *dq.stride()[:3],
         bias_c.stride(0), bias_c.stride(1), lse.stride(0), lse.stride(1), delta.stride(0), delta.stride(1),
         kept.stride(0) if w else 0, kept.stride(1) if w else 0,
         theta.stride(0) if w else 0, theta.stride(1) if w else 0,

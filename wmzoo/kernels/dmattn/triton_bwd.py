@@ -5,7 +5,7 @@ dq = scale * dS K, dk = scale * dS^T Q, dv = P^T dO, dbias_j = column sums of dS
 the query heads of the key's kv head.
 
 * ``_bwd_q_kernel`` (query-major, the same key phases as the forward; with a keep_window,
-  over each query block's gathered keys) computes dq.
+  over each query block's gathered keys) computes dq, and D for the key-major kernels.
 * ``_bwd_kv_kernel`` (key-major) owns a key block of one kv head, loops over the query heads of
   that kv head and the causal queries, and accumulates dk, dv, dbias in registers: no atomics,
   deterministic.
@@ -26,7 +26,7 @@ from ..autotune import Autotuned
 from ..registry import INTERPRET
 from .triton_fwd import _tuned, load_full_rows, load_rows
 from .triton_layout import block_bounds
-from .triton_select import kept_by, load_thresholds
+from .triton_select import kept_by, load_counts, load_thresholds
 
 
 @triton.jit
@@ -62,10 +62,11 @@ def _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask, s_kt
 
 @triton.jit
 def _bwd_q_kernel(
-    q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
-    info_ptr, kept_ptr, keptb_ptr, theta_ptr,
+    q_ptr, k_ptr, v_ptr, b_ptr, do_ptr, o_ptr, lse_ptr, delta_ptr, dq_ptr,
+    info_ptr, kept_ptr, keptb_ptr, theta_ptr, count_ptr,
     sm_scale, T, D, H, G, W, N_BLK,
-    s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_dob, s_dot, s_doh, s_dqb, s_dqt, s_dqh,
+    s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_dob, s_dot, s_doh, s_ob, s_ot, s_oh,
+    s_dqb, s_dqt, s_dqh,
     s_bb, s_bh, s_lb, s_lh, s_deb, s_deh, s_keb, s_keh, s_thb, s_thh,
     VARLEN: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
@@ -92,7 +93,11 @@ def _bwd_q_kernel(
     q = load_rows(q_ptr, offs_m, row_ok, s_qt, offs_d, D, UPCAST)
     do = load_rows(do_ptr, offs_m, row_ok, s_dot, offs_d, D, UPCAST)
     lse2 = tl.load(lse_ptr + bi64 * s_lb + hq * s_lh + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
-    delta = tl.load(delta_ptr + bi64 * s_deb + hq * s_deh + offs_m, mask=row_ok, other=0.0)
+    # D = rowsum(dO * O) for this block's rows, written here for the key-major kernels (which
+    # run after this one): no separate pass over O and dO
+    o = load_rows(o_ptr + bi64 * s_ob + hq * s_oh, offs_m, row_ok, s_ot, offs_d, D, UPCAST)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(delta_ptr + bi64 * s_deb + hq * s_deh + offs_m, delta, mask=row_ok)
     # Inductor may hand a float argument over as fp64 (dynamic shapes); keep the math fp32.
     sm_scale = tl.cast(sm_scale, tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
@@ -101,14 +106,22 @@ def _bwd_q_kernel(
         th_idx, th_b = load_thresholds(theta_ptr + bi64 * s_thb + hk * s_thh, b_ptr, offs_m, row_ok)
         kept_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
         keptb_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
-        # the list is packed at the front: min(w, keys before the block) entries
-        for n0 in range(0, tl.minimum(W, i0 - start), BLOCK_N):
+        count, lo, hi = load_counts(count_ptr + bi64 * s_thb + hk * s_thh, offs_m, row_ok)
+        # as in the forward: K's slots below the block's smallest count unmasked, then masked
+        # per row up to the largest
+        n_full = lo // BLOCK_N * BLOCK_N
+        for n0 in range(0, n_full, BLOCK_N):
+            kj = tl.load(kept_ptr + n0 + offs_n)
+            bj = tl.load(keptb_ptr + n0 + offs_n)
+            dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, kj >= 0, None,
+                             s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE,
+                             MASK_LOADS=not EVEN, MASKED=False)
+        for n0 in tl.range(n_full, hi, BLOCK_N, num_stages=1):
             slot = n0 + offs_n
-            kj = tl.load(kept_ptr + slot, mask=slot < W, other=-1)
-            col_ok = kj >= 0
+            col_ok = slot < hi
+            kj = tl.load(kept_ptr + slot, mask=col_ok, other=0)
             bj = tl.load(keptb_ptr + slot, mask=col_ok, other=0.0)
-            keep = kept_by(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
-            mask = keep & col_ok[None, :] & row_ok[:, None]
+            mask = (slot[None, :] < count[:, None]) & row_ok[:, None]
             dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, col_ok, mask,
                              s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
     elif EVEN:  # whole tiles before the diagonal block (see _bwd_q_tile)

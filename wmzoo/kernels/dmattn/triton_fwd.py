@@ -4,8 +4,9 @@ One program per (query block, batch x query head). Logits are q.k * scale + bias
 per-key bias is loaded once per key tile. Keys come in two phases:
 
 1. keys before the block: every causal key [seq start, i0) in tiles, or with a keep_window the
-   block's gathered list ``kept[blk]`` (the w top-ranked keys before i0, see triton_select),
-   masked per element by the query's threshold;
+   block's gathered list ``kept[blk]`` (the w top-ranked keys before i0, see triton_select), of
+   which query i keeps the first ``count[i]``: unmasked up to the block's smallest count, masked
+   by slot < count[i] after it;
 2. the block's own keys (the diagonal), masked by causality (and the threshold).
 
 So with a window each query block touches w + M keys instead of up to t.
@@ -19,7 +20,7 @@ import triton.language as tl
 from ..autotune import Autotuned
 from ..registry import INTERPRET
 from .triton_layout import block_bounds
-from .triton_select import kept_by, load_thresholds
+from .triton_select import kept_by, load_counts, load_thresholds
 
 
 @triton.jit
@@ -78,7 +79,7 @@ def _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, col_ok, mask, s_kt, s_vt, 
 
 @triton.jit
 def _fwd_kernel(
-    q_ptr, k_ptr, v_ptr, b_ptr, o_ptr, lse_ptr, info_ptr, kept_ptr, keptb_ptr, theta_ptr,
+    q_ptr, k_ptr, v_ptr, b_ptr, o_ptr, lse_ptr, info_ptr, kept_ptr, keptb_ptr, theta_ptr, count_ptr,
     sm_scale, T, D, H, G, W, N_BLK,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh,
     s_bb, s_bh, s_lb, s_lh, s_keb, s_keh, s_thb, s_thh,
@@ -115,15 +116,24 @@ def _fwd_kernel(
         th_idx, th_b = load_thresholds(theta_ptr + bi64 * s_thb + hk * s_thh, b_ptr, offs_m, row_ok)
         kept_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
         keptb_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
-        # the list is packed at the front: min(w, keys before the block) entries
-        for n0 in range(0, tl.minimum(W, i0 - start), BLOCK_N):
+        count, lo, hi = load_counts(count_ptr + bi64 * s_thb + hk * s_thh, offs_m, row_ok)
+        # query i keeps K's first count[i] slots (K is sorted by rank): the slots below the
+        # block's smallest count (at least w - M) are kept by every row and run unmasked
+        n_full = lo // BLOCK_N * BLOCK_N
+        for n0 in range(0, n_full, BLOCK_N):
+            kj = tl.load(kept_ptr + n0 + offs_n)
+            bj = tl.load(keptb_ptr + n0 + offs_n)
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, kj >= 0, None, s_kt, s_vt,
+                                      offs_d, D, qk_scale, UPCAST, IEEE, MASK_LOADS=not EVEN, MASKED=False)
+        # the rest up to the largest count, masked per row; unpipelined like the diagonal (a
+        # few tiles: at most M / BLOCK_N + 1)
+        for n0 in tl.range(n_full, hi, BLOCK_N, num_stages=1):
             slot = n0 + offs_n
-            kj = tl.load(kept_ptr + slot, mask=slot < W, other=-1)
-            col_ok = kj >= 0
+            col_ok = slot < hi
+            kj = tl.load(kept_ptr + slot, mask=col_ok, other=0)
             bj = tl.load(keptb_ptr + slot, mask=col_ok, other=0.0)
-            keep = kept_by(bj[None, :], kj[None, :], th_b[:, None], th_idx[:, None])
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, col_ok,
-                                      keep & col_ok[None, :], s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
+                                      slot[None, :] < count[:, None], s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE)
     elif EVEN:
         for n0 in range(0, i0, BLOCK_N):
             kj = n0 + offs_n

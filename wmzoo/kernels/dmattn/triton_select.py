@@ -9,7 +9,11 @@ causal prefix. For every query block of BLOCK_M the selection writes
   query of the block keeps only keys of K or of the block itself, so attention gathers
   w + BLOCK_M keys;
 * ``theta[i]`` = the position of the w-th ranked key kept by query i (-1 while i+1 < w, when
-  every causal key is kept): query i keeps key j iff j <= i and j ranks at or above theta[i].
+  every causal key is kept): query i keeps key j iff j <= i and j ranks at or above theta[i];
+* ``count[i]`` = how many entries of its block's K query i keeps. K is sorted by rank and i
+  keeps the keys ranking at or above theta[i], so those are K's first count[i] slots: the
+  attention kernels mask K's slots by ``slot < count[i]``, and run the slots below the block's
+  smallest count (at least w - M, each new key of the block pushes one out) with no mask.
 
 K is an exclusive prefix "sum" over the blocks of a sequence, under the associative operation
 top-w(A + B) of sorted lists, so it is computed as a parallel scan (Hillis-Steele) in
@@ -28,7 +32,8 @@ top-w(A + B) of sorted lists, so it is computed as a parallel scan (Hillis-Steel
 3. ``_theta_kernel``: the thresholds of a block's queries from K and the block's own keys. The
    threshold of query i is the candidate with exactly w-1 present keys above it; only the M+1
    lowest K slots and the block's keys can be that candidate, since each new key moves it by
-   one slot.
+   one slot. The count of kept K slots comes with the candidate: its own slot + 1 for a K
+   slot, the K entries above it for a block key.
 
 (Until the eighth session the lists came from a sequential chain of block steps over segments
 of 8 blocks, twice, plus a merge of the segments' lists: 2.2 ms at B1 H16 T16384, w 1024, on
@@ -58,6 +63,16 @@ def load_thresholds(theta_ptr, b_ptr, rows, row_ok):
     th_idx = tl.load(theta_ptr + rows, mask=row_ok, other=-1)
     th_b = tl.load(b_ptr + th_idx, mask=th_idx >= 0, other=float("-inf")).to(tl.float32)
     return th_idx, th_b
+
+
+@triton.jit
+def load_counts(count_ptr, rows, row_ok):
+    """count of the query ``rows`` (0 for rows past the end), the block's smallest count over
+    its rows (its K slots below it are kept by every row) and its largest (the slots used)."""
+    count = tl.load(count_ptr + rows, mask=row_ok, other=0)
+    hi = tl.max(count, axis=0)
+    lo = tl.min(tl.where(row_ok, count, hi), axis=0)
+    return count, lo, hi
 
 
 @triton.jit
@@ -159,11 +174,11 @@ def _scan_kernel(
 
 @triton.jit
 def _theta_kernel(
-    bias_ptr, blk_info_ptr, kept_ptr, keptb_ptr, theta_ptr,
+    bias_ptr, blk_info_ptr, kept_ptr, keptb_ptr, theta_ptr, count_ptr,
     T, W, N_BLK, s_bb, s_bh, s_kb, s_kh, s_tb, s_th,
     VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, LOG: tl.constexpr,
 ):
-    """theta of block pid's queries from its list K (kept[pid]) and its own keys."""
+    """theta and count of block pid's queries from its list K (kept[pid]) and its own keys."""
     pid = tl.program_id(0)
     pid_b = tl.program_id(1)
     pid_h = tl.program_id(2)
@@ -172,6 +187,7 @@ def _theta_kernel(
     cur = kept_ptr + pid_b.to(tl.int64) * s_kb + pid_h * s_kh + pid.to(tl.int64) * W
     cur_b = keptb_ptr + pid_b.to(tl.int64) * s_kb + pid_h * s_kh + pid.to(tl.int64) * W
     theta_ptr += pid_b.to(tl.int64) * s_tb + pid_h * s_th
+    count_ptr += pid_b.to(tl.int64) * s_tb + pid_h * s_th
     offs_m = tl.arange(0, BLOCK_M)
     yi = i0 + offs_m
     yv = yi < end
@@ -183,6 +199,7 @@ def _theta_kernel(
     cnt_b = n_k_above[:, None] + tl.cumsum(A.to(tl.int32), axis=1)
     hit_b = (cnt_b == W - 1) & upto & yv[:, None]
     theta = tl.max(tl.where(hit_b, yi[:, None], -1), axis=0)
+    count = tl.max(tl.where(hit_b, n_k_above[:, None], -1), axis=0)  # (one candidate hits)
     # candidates among the M lowest K slots
     cslot = W - BLOCK_M + offs_m
     cidx = tl.load(cur + cslot, mask=cslot >= 0, other=-1)
@@ -192,13 +209,19 @@ def _theta_kernel(
     cnt_k = cslot[:, None] + tl.cumsum(y_over_c.to(tl.int32), axis=1)
     hit_k = (cnt_k == W - 1) & cv[:, None]
     theta = tl.maximum(theta, tl.max(tl.where(hit_k, cidx[:, None], -1), axis=0))
+    count = tl.maximum(count, tl.max(tl.where(hit_k, cslot[:, None] + 1, -1), axis=0))
     # the one candidate left: slot W-M-1, the threshold once all M block keys ranked above it
     # (no other candidate hit although w keys are present)
     n_valid = tl.minimum(i0 - start, W)
     last = tl.load(cur + W - BLOCK_M - 1, mask=W - BLOCK_M - 1 >= 0, other=-1)
     full = n_valid + offs_m + 1 >= W
-    theta = tl.where((theta < 0) & full & (W - BLOCK_M - 1 >= 0), last, theta)
+    fallback = (theta < 0) & full & (W - BLOCK_M - 1 >= 0)
+    theta = tl.where(fallback, last, theta)
+    count = tl.where(fallback, W - BLOCK_M, count)
+    # no threshold: every causal key kept, so all of K's entries
+    count = tl.where(theta < 0, n_valid, count)
     tl.store(theta_ptr + yi, theta, mask=yv)
+    tl.store(count_ptr + yi, count, mask=yv)
 
 
 def scan_steps(t: int, block_m: int) -> int:
@@ -214,8 +237,8 @@ SCAN_CHUNK = 128  # list slots per scan program (a test sets fewer: several chun
 
 
 def select_window(bias: torch.Tensor, keep_window: int, block_m: int, layout):
-    """kept (b, hkv, n_blocks, w) int32, their biases (fp32, same shape) and theta (b, hkv, t)
-    int32 for ``bias`` (b, hkv, t), blocks as in ``layout``."""
+    """kept (b, hkv, n_blocks, w) int32, their biases (fp32, same shape), theta and count
+    (b, hkv, t) int32 for ``bias`` (b, hkv, t), blocks as in ``layout``."""
     b, hkv, t = bias.shape
     w = keep_window
     dev = bias.device
@@ -228,7 +251,7 @@ def select_window(bias: torch.Tensor, keep_window: int, block_m: int, layout):
     # keys sit beside them (no dependent gather) and are read only where an index is listed
     bufs = [(torch.full((b * s0,), -1, dtype=torch.int32, device=dev), torch.zeros(b * s0, dtype=torch.float32, device=dev))
             for _ in range(2)]
-    theta = torch.empty(b * hkv * t, dtype=torch.int32, device=dev)
+    theta, count = (torch.empty(b * hkv * t, dtype=torch.int32, device=dev) for _ in range(2))
     ch = min(SCAN_CHUNK, triton.next_power_of_2(w))
     log = w.bit_length() + 1
     warps = 8 if block_m >= 128 else 4
@@ -253,8 +276,8 @@ def select_window(bias: torch.Tensor, keep_window: int, block_m: int, layout):
         cur = 1 - cur
     kept, kept_bias = bufs[0]
     launch(_theta_kernel)[grid](
-        bias, layout.blk_info, kept, kept_bias, theta,
+        bias, layout.blk_info, kept, kept_bias, theta, count,
         t, w, layout.n_blocks, bias.stride(0), bias.stride(1), s0, s1, hkv * t, t,
         VARLEN=layout.varlen, BLOCK_M=block_m, LOG=log, num_warps=warps,
     )
-    return kept.view(lists), kept_bias.view(lists), theta.view(b, hkv, t)
+    return kept.view(lists), kept_bias.view(lists), theta.view(b, hkv, t), count.view(b, hkv, t)
