@@ -73,13 +73,16 @@ def key_order(bias: torch.Tensor, theta: torch.Tensor, keep_window: int, layout)
         bias.stride(0), bias.stride(1), theta.stride(0), theta.stride(1), last.stride(0), last.stride(1),
         VARLEN=layout.varlen, BLOCK=layout.block_m, num_warps=4,
     )
-    pos = torch.arange(t, device=bias.device, dtype=torch.int64)
+    # int32 sort keys where both sorts' keys fit (below t * t): a radix sort of 32-bit keys
+    # makes half the passes of 64-bit ones
+    key = torch.int32 if t * t < 2**31 else torch.int64
+    pos = torch.arange(t, device=bias.device, dtype=key)
     # by last query, latest first: the tiles visiting the longest query ranges get the first
     # programs, so they do not start last and set the kernel's tail; never-kept keys (-1) come
     # last (their tiles only write zeros)
-    by_last = torch.sort(last.long() * t + pos, descending=True).indices
+    by_last = torch.sort(last.to(key) * t + pos, descending=True).indices
     # then by position within runs of ~w / 4 keys (a multiple of every key tile, 64)
     run = max(64, keep_window // 256 * 64)
-    runs = torch.div(pos, run, rounding_mode="floor") * t + by_last
+    runs = torch.div(pos, run, rounding_mode="floor") * t + by_last.to(key)
     order = torch.gather(by_last, -1, torch.sort(runs).indices).to(torch.int32)
     return order, last
