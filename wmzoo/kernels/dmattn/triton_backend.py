@@ -160,7 +160,7 @@ def backward(do, q, k, v, bias, o, lse, kept, kept_bias, theta, count, cu_seqlen
         order, last = key_order(bias_c, theta, w, layout)  # same (contiguous) layout, one stride pair
         launch(bwd_kv_window_kernel)[lambda meta: (triton.cdiv(t, meta["BLOCK_N"]), b * hkv)](
             *args, order, last, scale, t, d, hkv, g, *strides, order.stride(0), order.stride(1),
-            BLOCK_D=flags["BLOCK_D"], UPCAST=flags["UPCAST"], IEEE=flags["IEEE"], FULL_D=d == flags["BLOCK_D"])
+            BLOCK_D=flags["BLOCK_D"], UPCAST=flags["UPCAST"], IEEE=flags["IEEE"])
     elif cu_seqlens is None:
         n_blk = lambda meta: triton.cdiv(t, meta["BLOCK_N"])  # noqa: E731
         launch(bwd_kv_kernel)[lambda meta: (n_blk(meta), b * hkv)](

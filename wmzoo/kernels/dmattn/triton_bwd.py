@@ -266,13 +266,11 @@ def _bwd_kv_window_kernel(
     s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh, s_dbb, s_dbh, s_bb, s_bh, s_lb, s_lh, s_deb, s_deh,
     s_ob, s_oh,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
-    IEEE: tl.constexpr, FULL_D: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     """dk, dv, dbias of the keys order[pid * BLOCK_N:][:BLOCK_N] of one (batch row, kv head):
     query i reaches key j iff j <= i <= last[j] (triton_key_order), which also keeps every
-    pair inside one sequence of a packed batch. The query tiles between the tile's latest key
-    and its earliest last query reach every live key of the tile: with FULL_D (d == BLOCK_D)
-    they run unmasked, and the never-kept keys' rows are zeroed at the store."""
+    pair inside one sequence of a packed batch."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = pid_bh // HKV
@@ -300,35 +298,15 @@ def _bwd_kv_window_kernel(
     # range for a tile of never-kept keys, which stores zeros)
     q_lo = tl.min(tl.where(live, kj, T), axis=0)
     q_hi = tl.max(tl.where(live, lj, -1), axis=0) + 1
-    # [u0, u1): whole query tiles (on the grid from q_lo) that every live key reaches
-    u0 = q_lo
-    u1 = q_lo
-    if FULL_D:
-        all_in = tl.max(tl.where(live, kj, -1), axis=0)  # queries from here reach every start
-        all_out = tl.min(tl.where(live, lj, T), axis=0) + 1  # ... and up to here every end
-        u0 = tl.minimum(q_lo + tl.cdiv(tl.maximum(all_in - q_lo, 0), BLOCK_M) * BLOCK_M, q_hi)
-        u1 = u0 + tl.maximum(tl.minimum(all_out, q_hi) - u0, 0) // BLOCK_M * BLOCK_M  # (no live key: 0)
     for g in range(0, G):
         qh_ptr, doh_ptr, l_ptr, d_ptr = _query_head(q_ptr, do_ptr, lse_ptr, delta_ptr, bi64, hk * G + g,
                                                     s_qb, s_qh, s_dob, s_doh, s_lb, s_lh, s_deb, s_deh)
-        for m0 in range(q_lo, u0, BLOCK_M):
+        for m0 in range(q_lo, q_hi, BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)
+            row_ok = offs_m < q_hi
             mask = live[:, None] & (offs_m[None, :] >= kj[:, None]) & (offs_m[None, :] <= lj[:, None])
-            dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr, offs_m, offs_m < q_hi,
+            dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr, offs_m, row_ok,
                                       mask, s_qt, s_dot, offs_d, D, qk_scale, UPCAST, IEEE, True)
-        for m0 in range(u0, u1, BLOCK_M):
-            offs_m = m0 + tl.arange(0, BLOCK_M)
-            dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr, offs_m, offs_m < q_hi,
-                                      None, s_qt, s_dot, offs_d, D, qk_scale, UPCAST, IEEE, False)
-        for m0 in range(u1, q_hi, BLOCK_M):
-            offs_m = m0 + tl.arange(0, BLOCK_M)
-            mask = live[:, None] & (offs_m[None, :] >= kj[:, None]) & (offs_m[None, :] <= lj[:, None])
-            dk, dv, db = _bwd_kv_tile(dk, dv, db, k, v, bj, qh_ptr, doh_ptr, l_ptr, d_ptr, offs_m, offs_m < q_hi,
-                                      mask, s_qt, s_dot, offs_d, D, qk_scale, UPCAST, IEEE, True)
-    # never-kept keys: zero (their rows picked up values in the unmasked tiles)
-    dk = tl.where(live[:, None], dk, 0.0)
-    dv = tl.where(live[:, None], dv, 0.0)
-    db = tl.where(live, db, 0.0)
     _store_key_grads(dk_ptr + bi64 * s_dkb + hk * s_dkh, dv_ptr + bi64 * s_dvb + hk * s_dvh, db_ptr + bi64 * s_dbb + hk * s_dbh,
                      kj, col_ok, dk * sm_scale, dv, db, s_dkt, s_dvt, offs_d, D)
 
