@@ -229,3 +229,24 @@ def test_triton_bodies_trace_with_symbolic_shapes(hopper, varlen):
                     for n in graph.nodes if n.target is torch.ops.higher_order.triton_kernel_wrapper_mutation]
         assert len(launched) >= 3, launched
         assert first is None or launched[0] == first, launched
+
+
+def test_window_selection_buffers_survive_cse(hopper):
+    """The selection's scan ping-pongs between two buffers that start as empty lists. Made by two
+    identical torch.full calls, AOT autograd's CSE merged them into one node, so Inductor cloned
+    the buffer before the first kernel wrote it, and torch 2.11 crashed on that clone
+    (pytorch#181735; dmattn.md run 12). Traced with symbolic shapes, no fill may merge."""
+    from torch._functorch.compile_utils import fx_graph_cse
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    select = importlib.import_module("wmzoo.kernels.dmattn.triton_select")
+    layout_of = importlib.import_module("wmzoo.kernels.dmattn.triton_layout").block_layout
+    bias = torch.randn(1, 2, 700)
+    graph = make_fx(lambda b: select.select_window(b, 100, 128, layout_of(b.shape[-1], None, 128, b.device)),
+                    tracing_mode="symbolic")(bias).graph
+
+    def fills(g):
+        return sum(n.target is torch.ops.aten.full.default for n in g.nodes)
+
+    assert fills(graph) >= 4
+    assert fills(fx_graph_cse(graph)) == fills(graph)

@@ -96,9 +96,12 @@ def _bwd_fake(do, q, k, v, bias, o, lse, kept, kept_bias, theta, count, cu_seqle
 # kernels/varlen.bucket_of). The backward stays opaque on CUDA: traced, the windowed backward
 # (whose dq kernel then added into dk, dv, dbias with atomics) crashed Inductor's
 # decompose_triton_kernel_wrapper_functional pass (an assertion in replace_by_example, torch
-# 2.11; likely pytorch/pytorch#181735, not confirmed), while the one without a window compiles
-# and matches eager (docs/benchmarks/dmattn.md run 8). Opaque, Inductor calls the eager body,
-# which is right by construction.
+# 2.11, pytorch/pytorch#181735), while the one without a window compiles and matches eager
+# (docs/benchmarks/dmattn.md run 8). Run 12 found the trigger in the traced forward: identical
+# torch.full buffers merged by AOT autograd's CSE, so Inductor cloned one before a kernel wrote
+# it, and that clone is what crashes (triton_select now fills them differently). The backward
+# has no such buffers since the atomics went, but traced it is not yet checked on the GPU.
+# Opaque, Inductor calls the eager body, which is right by construction.
 _bwd_op = register_op("dmattn_bwd", _bwd_body, fake=_bwd_fake, opaque=True)
 
 

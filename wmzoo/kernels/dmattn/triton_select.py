@@ -248,9 +248,12 @@ def select_window(bias: torch.Tensor, keep_window: int, block_m: int, layout):
     # on a view with a size-1 leading dim and a symbolic stride (pytorch#181735, fixed in 2.12)
     s0, s1 = hkv * layout.n_blocks * w, layout.n_blocks * w
     # two buffers for the scan's steps, the last step writing the first; the biases of the listed
-    # keys sit beside them (no dependent gather) and are read only where an index is listed
-    bufs = [(torch.full((b * s0,), -1, dtype=torch.int32, device=dev), torch.zeros(b * s0, dtype=torch.float32, device=dev))
-            for _ in range(2)]
+    # keys sit beside them (no dependent gather) and are read only where an index is listed.
+    # Empty slots hold a negative index, -1 in the first buffer (the returned lists) and -2 in
+    # the second: two identical torch.full calls are one node to Inductor's CSE, which then
+    # clones the buffer for the first write, and torch 2.11 crashed on that clone (run 12)
+    bufs = [(torch.full((b * s0,), -1 - i, dtype=torch.int32, device=dev),
+             torch.full((b * s0,), float(i), dtype=torch.float32, device=dev)) for i in range(2)]
     theta, count = (torch.empty(b * hkv * t, dtype=torch.int32, device=dev) for _ in range(2))
     ch = min(SCAN_CHUNK, triton.next_power_of_2(w))
     log = w.bit_length() + 1
