@@ -106,19 +106,19 @@ def _bwd_q_kernel(
         th_idx, th_b = load_thresholds(theta_ptr + bi64 * s_thb + hk * s_thh, b_ptr, offs_m, row_ok)
         kept_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
         keptb_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
-        count, lo, hi = load_counts(count_ptr + bi64 * s_thb + hk * s_thh, offs_m, row_ok)
+        count, count_lo, count_hi = load_counts(count_ptr + bi64 * s_thb + hk * s_thh, offs_m, row_ok)
         # as in the forward: K's slots below the block's smallest count unmasked, then masked
         # per row up to the largest
-        n_full = lo // BLOCK_N * BLOCK_N
+        n_full = count_lo // BLOCK_N * BLOCK_N
         for n0 in range(0, n_full, BLOCK_N):
             kj = tl.load(kept_ptr + n0 + offs_n)
             bj = tl.load(keptb_ptr + n0 + offs_n)
             dq = _bwd_q_tile(dq, q, do, lse2, delta, k_ptr, v_ptr, bj, kj, kj >= 0, None,
                              s_kt, s_vt, offs_d, D, qk_scale, UPCAST, IEEE,
                              MASK_LOADS=not EVEN, MASKED=False)
-        for n0 in tl.range(n_full, hi, BLOCK_N, num_stages=1):
+        for n0 in tl.range(n_full, count_hi, BLOCK_N, num_stages=1):
             slot = n0 + offs_n
-            col_ok = slot < hi
+            col_ok = slot < count_hi
             kj = tl.load(kept_ptr + slot, mask=col_ok, other=0)
             bj = tl.load(keptb_ptr + slot, mask=col_ok, other=0.0)
             mask = (slot[None, :] < count[:, None]) & row_ok[:, None]

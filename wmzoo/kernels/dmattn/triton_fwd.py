@@ -116,10 +116,10 @@ def _fwd_kernel(
         th_idx, th_b = load_thresholds(theta_ptr + bi64 * s_thb + hk * s_thh, b_ptr, offs_m, row_ok)
         kept_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
         keptb_ptr += bi64 * s_keb + hk * s_keh + pid_m.to(tl.int64) * W
-        count, lo, hi = load_counts(count_ptr + bi64 * s_thb + hk * s_thh, offs_m, row_ok)
+        count, count_lo, count_hi = load_counts(count_ptr + bi64 * s_thb + hk * s_thh, offs_m, row_ok)
         # query i keeps K's first count[i] slots (K is sorted by rank): the slots below the
         # block's smallest count (at least w - M) are kept by every row and run unmasked
-        n_full = lo // BLOCK_N * BLOCK_N
+        n_full = count_lo // BLOCK_N * BLOCK_N
         for n0 in range(0, n_full, BLOCK_N):
             kj = tl.load(kept_ptr + n0 + offs_n)
             bj = tl.load(keptb_ptr + n0 + offs_n)
@@ -127,9 +127,9 @@ def _fwd_kernel(
                                       offs_d, D, qk_scale, UPCAST, IEEE, MASK_LOADS=not EVEN, MASKED=False)
         # the rest up to the largest count, masked per row; unpipelined like the diagonal (a
         # few tiles: at most M / BLOCK_N + 1)
-        for n0 in tl.range(n_full, hi, BLOCK_N, num_stages=1):
+        for n0 in tl.range(n_full, count_hi, BLOCK_N, num_stages=1):
             slot = n0 + offs_n
-            col_ok = slot < hi
+            col_ok = slot < count_hi
             kj = tl.load(kept_ptr + slot, mask=col_ok, other=0)
             bj = tl.load(keptb_ptr + slot, mask=col_ok, other=0.0)
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_ptr, v_ptr, bj, kj, col_ok,

@@ -25,10 +25,11 @@ top-w(A + B) of sorted lists, so it is computed as a parallel scan (Hillis-Steel
 2. ``_scan_kernel``, for d = 1, 2, 4, ...: list[blk] = top-w(list[blk] + list[blk - d]) where
    blk - d is in the same sequence, else unchanged; two sorted lists merge by moving each entry
    to its slot + the entries of the other list above it (a binary search), and entries landing
-   at slot >= w drop out. The lists ping-pong between two buffers; both start empty (a negative index), and a
-   block's count of entries never falls from one step to the next, so every step overwrites
-   all of a block's earlier entries. A list entering step d covers at most d blocks, so only
-   its first min(w, d x M) slots are visited (a third to a half of the work at w 1024).
+   at slot >= w drop out. The lists ping-pong between two buffers; both start empty (a
+   negative index), and a block's count of entries never falls from one step to the next, so
+   every step overwrites all of a block's earlier entries. A list entering step d covers at
+   most d blocks, so only its first min(w, d x M) slots are visited (a third to a half of the
+   work at w 1024).
 3. ``_theta_kernel``: the thresholds of a block's queries from K and the block's own keys. The
    threshold of query i is the candidate with exactly w-1 present keys above it; only the M+1
    lowest K slots and the block's keys can be that candidate, since each new key moves it by
