@@ -79,6 +79,11 @@ def check(calls, expected, read_only):
         assert not writes & read_only, (name, writes & read_only)
 
 
+def not_writing_delta(calls):
+    """The launches other than the dq kernel, which writes D = rowsum(dO * O) for the others."""
+    return [c for c in calls if jit_function(c[0]).__name__ != "_bwd_q_kernel"]
+
+
 @pytest.mark.parametrize("varlen", [False, True])
 def test_dmattn_kernels_are_seen_writing_their_outputs(hopper, monkeypatch, varlen):
     backend = importlib.import_module("wmzoo.kernels.dmattn.triton_backend")
@@ -95,6 +100,7 @@ def test_dmattn_kernels_are_seen_writing_their_outputs(hopper, monkeypatch, varl
                 "_bwd_kv_kernel": {"dk_ptr", "dv_ptr", "db_ptr"}}
     assert sorted(jit_function(kern).__name__ for kern, _, _ in calls) == sorted(expected)
     check(calls, expected, read_only={"q_ptr", "k_ptr", "v_ptr", "b_ptr", "do_ptr"})
+    check(not_writing_delta(calls), expected, read_only={"delta_ptr"})  # D: the dq kernel's only
 
 
 @pytest.mark.parametrize("varlen", [False, True])
@@ -120,6 +126,7 @@ def test_dmattn_windowed_backward_kernels_are_seen_writing_their_outputs(hopper,
                 "_bwd_kv_window_kernel": {"dk_ptr", "dv_ptr", "db_ptr"}}
     assert sorted(jit_function(kern).__name__ for kern, _, _ in calls) == sorted(expected)
     check(calls, expected, read_only={"q_ptr", "k_ptr", "v_ptr", "b_ptr", "do_ptr", "theta_ptr", "count_ptr"})
+    check(not_writing_delta(calls), expected, read_only={"delta_ptr"})
 
 
 @pytest.mark.parametrize("varlen", [False, True])
