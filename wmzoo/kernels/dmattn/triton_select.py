@@ -34,8 +34,7 @@ top-w(A + B) of sorted lists, so it is computed as a parallel scan (Hillis-Steel
    threshold of query i is the candidate with exactly w-1 present keys above it; only the M+1
    lowest K slots and the block's keys can be that candidate, since each new key moves it by
    one slot. The count of kept K slots comes with the candidate: its own slot + 1 for a K
-   slot, the K entries above it for a block key (counted from the M lowest slots alone: a key
-   above slot W-M-1 can never be a threshold in the block).
+   slot, the K entries above it for a block key.
 
 (Until the eighth session the lists came from a sequential chain of block steps over segments
 of 8 blocks, twice, plus a merge of the segments' lists: 2.2 ms at B1 H16 T16384, w 1024, on
@@ -178,7 +177,7 @@ def _scan_kernel(
 def _theta_kernel(
     bias_ptr, blk_info_ptr, kept_ptr, keptb_ptr, theta_ptr, count_ptr,
     T, W, N_BLK, s_bb, s_bh, s_kb, s_kh, s_tb, s_th,
-    VARLEN: tl.constexpr, BLOCK_M: tl.constexpr,
+    VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, LOG: tl.constexpr,
 ):
     """theta and count of block pid's queries from its list K (kept[pid]) and its own keys."""
     pid = tl.program_id(0)
@@ -195,22 +194,7 @@ def _theta_kernel(
     yv = yi < end
     yb = tl.load(bias_ptr + yi, mask=yv, other=0.0).to(tl.float32)
     A = ranks_above(yb[None, :], yi[None, :], yb[:, None], yi[:, None]) & yv[None, :]
-    # the M lowest K slots: candidates themselves, and all that the block keys' counts need
-    cslot = W - BLOCK_M + offs_m
-    cidx = tl.load(cur + cslot, mask=cslot >= 0, other=-1)
-    cv = cidx >= 0
-    cb = tl.load(cur_b + cslot, mask=cv, other=0.0)
-    y_over_c = ranks_above(yb[None, :], yi[None, :], cb[:, None], cidx[:, None]) & yv[None, :]  # [c, y]
-    last = tl.load(cur + W - BLOCK_M - 1, mask=W - BLOCK_M - 1 >= 0, other=-1)  # slot W-M-1
-    last_b = tl.load(cur_b + W - BLOCK_M - 1, mask=last >= 0, other=0.0)
-    # K entries above block key y. A key ranking above slot W-M-1 has at most W-M-1 of them, so
-    # at most W-2 present keys above it at any query of the block: never a threshold, it gets a
-    # count that cannot hit. Any other key has all of slots [0, W-M) above it, and the rest of its
-    # count among the M lowest slots (keys before the block and in it are distinct: not y over c
-    # is c over y), so no search of K is needed
-    n_low = tl.sum((cv[:, None] & (y_over_c == 0)).to(tl.int32), axis=0)
-    below = (W - BLOCK_M - 1 < 0) | ((last >= 0) & ranks_above(last_b, last, yb, yi))
-    n_k_above = tl.where(below, tl.maximum(W - BLOCK_M, 0) + n_low, -(W + BLOCK_M))
+    n_k_above = _count_above(yb, yi, cur, cur_b, W, LOG)
     # candidates among the block's keys: count_i(y) = present keys above y at query i
     upto = offs_m[:, None] <= offs_m[None, :]  # [y, i]: block key y is present at query i
     cnt_b = n_k_above[:, None] + tl.cumsum(A.to(tl.int32), axis=1)
@@ -218,6 +202,11 @@ def _theta_kernel(
     theta = tl.max(tl.where(hit_b, yi[:, None], -1), axis=0)
     count = tl.max(tl.where(hit_b, n_k_above[:, None], -1), axis=0)  # (one candidate hits)
     # candidates among the M lowest K slots
+    cslot = W - BLOCK_M + offs_m
+    cidx = tl.load(cur + cslot, mask=cslot >= 0, other=-1)
+    cv = cidx >= 0
+    cb = tl.load(cur_b + cslot, mask=cv, other=0.0)
+    y_over_c = ranks_above(yb[None, :], yi[None, :], cb[:, None], cidx[:, None]) & yv[None, :]
     cnt_k = cslot[:, None] + tl.cumsum(y_over_c.to(tl.int32), axis=1)
     hit_k = (cnt_k == W - 1) & cv[:, None]
     theta = tl.maximum(theta, tl.max(tl.where(hit_k, cidx[:, None], -1), axis=0))
@@ -225,6 +214,7 @@ def _theta_kernel(
     # the one candidate left: slot W-M-1, the threshold once all M block keys ranked above it
     # (no other candidate hit although w keys are present)
     n_valid = tl.minimum(i0 - start, W)
+    last = tl.load(cur + W - BLOCK_M - 1, mask=W - BLOCK_M - 1 >= 0, other=-1)
     full = n_valid + offs_m + 1 >= W
     fallback = (theta < 0) & full & (W - BLOCK_M - 1 >= 0)
     theta = tl.where(fallback, last, theta)
@@ -267,6 +257,7 @@ def select_window(bias: torch.Tensor, keep_window: int, block_m: int, layout):
              torch.full((b * s0,), float(i), dtype=torch.float32, device=dev)) for i in range(2)]
     theta, count = (torch.empty(b * hkv * t, dtype=torch.int32, device=dev) for _ in range(2))
     ch = min(SCAN_CHUNK, triton.next_power_of_2(w))
+    log = w.bit_length() + 1
     warps = 8 if block_m >= 128 else 4
     grid = (layout.n_blocks, b, hkv)
     steps = scan_steps(t, block_m)
@@ -291,6 +282,6 @@ def select_window(bias: torch.Tensor, keep_window: int, block_m: int, layout):
     launch(_theta_kernel)[grid](
         bias, layout.blk_info, kept, kept_bias, theta, count,
         t, w, layout.n_blocks, bias.stride(0), bias.stride(1), s0, s1, hkv * t, t,
-        VARLEN=layout.varlen, BLOCK_M=block_m, num_warps=warps,
+        VARLEN=layout.varlen, BLOCK_M=block_m, LOG=log, num_warps=warps,
     )
     return kept.view(lists), kept_bias.view(lists), theta.view(b, hkv, t), count.view(b, hkv, t)
