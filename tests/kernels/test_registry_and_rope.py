@@ -41,27 +41,6 @@ def test_reference_vjp_records_inside_an_op_body():
     torch.library.opcheck(_cube_bwd, (torch.randn(7), torch.randn(7)))
 
 
-def test_opaque_op_on_cuda_launches_kernels_directly(monkeypatch):
-    """An op registered opaque on CUDA runs its body on real tensors: launches must skip the
-    traceable wrapper (a higher-order-op dispatch of ~1 ms each), as triton_op's eager calls do.
-    CUDA registration is simulated here; the body records the switch it runs under."""
-    from torch._library.triton import is_wrap_triton_enabled
-
-    from wmzoo.kernels import registry
-
-    seen = []
-
-    def body(x: Tensor) -> Tensor:
-        seen.append(is_wrap_triton_enabled())
-        return x * 2
-
-    monkeypatch.setattr(registry, "USE_TRITON_OP", True)
-    op = registry.register_op("test_opaque_direct", body, fake=lambda x: torch.empty_like(x), opaque=True)
-    x = torch.randn(3)
-    assert_close(op(x), 2 * x, torch.float32)
-    assert seen == [False] and is_wrap_triton_enabled()  # switched off inside only
-
-
 def rotate64(x, positions, r, theta=10000.0):
     """Rotate-half RoPE on the first r channels, pair (i, i + r/2) by angle pos * theta^(-2i/r)."""
     x = x.double().clone()

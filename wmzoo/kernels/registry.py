@@ -59,27 +59,18 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
     return INTERPRET and all(t.device.type == "cpu" for t in present)
 
 
-def register_op(name: str, body: Callable, *, fake: Callable | None = None, opaque: bool = False):
+def register_op(name: str, body: Callable, *, fake: Callable | None = None):
     """Register ``body`` as the op ``wmzoo::name`` and return the op (a ``CustomOpDef``).
 
     ``fake`` computes output metadata from input metadata; it is used wherever the op is
-    opaque. With ``triton_op`` the body itself is traced instead, so ``fake`` is not needed.
-    ``opaque=True`` registers an opaque custom op on CUDA too: Inductor then calls the body as
-    eager code at run time (still no graph break) instead of tracing its kernels; for an op
-    whose traced body has been measured wrong (see the op's registration for why).
+    opaque (off CUDA). With ``triton_op`` the body itself is traced instead, so ``fake`` is not
+    needed there.
     """
     qualname = f"{NAMESPACE}::{name}"
-    if USE_TRITON_OP and not opaque:
+    if USE_TRITON_OP:
         return torch.library.triton_op(qualname, body, mutates_args=())
-    impl = body
-    if USE_TRITON_OP:  # opaque on CUDA: the body always runs on real tensors
-
-        def impl(*args, **kwargs):
-            with direct_launches():
-                return body(*args, **kwargs)
-
     schema = torch.library.infer_schema(body, mutates_args=())
-    op = torch.library.custom_op(qualname, impl, mutates_args=(), schema=schema)
+    op = torch.library.custom_op(qualname, body, mutates_args=(), schema=schema)
     if fake is None:
         raise ValueError(f"register_op({name!r}): a fake implementation is required on this platform")
     op.register_fake(fake)
@@ -107,8 +98,8 @@ except ImportError:  # an older torch: launches keep going through the wrapper (
 def direct_launches():
     """A context in which :func:`launch`-ed kernels run straight away, not through the traceable
     wrapper, whose eager dispatch as a higher-order op costs about 1 ms per launch (torch's own
-    figure, in ``set_wrap_triton_enabled``). For code that always runs on real tensors: opaque
-    op bodies and the decode path. While torch.compile traces, the wrapper stays on (it is what
+    figure, in ``set_wrap_triton_enabled``). For code that always runs on real tensors: the
+    decode path. While torch.compile traces, the wrapper stays on (it is what
     makes the kernels traceable)."""
     if _set_wrap_triton_enabled is None or torch.compiler.is_compiling():
         return contextlib.nullcontext()

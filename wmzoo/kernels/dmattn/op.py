@@ -1,7 +1,7 @@
 """The DMAttn ops as torch.library ops: dispatch, fakes, autograd, and the checked public entry.
 
-``wmzoo::dmattn_fwd`` and ``wmzoo::dmattn_bwd`` are each their own registered op: the forward a
-triton_op on CUDA (traced by Inductor), the backward opaque everywhere (see ``_bwd_op``).
+``wmzoo::dmattn_fwd`` and ``wmzoo::dmattn_bwd`` are each their own registered op, a triton_op
+on CUDA (traced by Inductor; see ``_bwd_op``).
 Bodies dispatch through ``registry.triton_or_reference``: the Triton backend where it can run
 and accepts the input, else the reference. The reference backward is written out in
 reference.py (explicit, so it needs no autograd inside the op body).
@@ -91,18 +91,14 @@ def _bwd_fake(do, q, k, v, bias, o, lse, kept, kept_bias, theta, count, cu_seqle
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), bias.new_empty(bias.shape)
 
 
-# The forward is a triton_op on CUDA (Inductor traces its body, the block tables' torch ops
+# Both ops are triton_ops on CUDA (Inductor traces their bodies, the block tables' torch ops
 # included: wrong on the GPU until the tables stopped searching a sliced tensor, see
-# kernels/varlen.bucket_of). The backward stays opaque on CUDA: traced, the windowed backward
-# (whose dq kernel then added into dk, dv, dbias with atomics) crashed Inductor's
-# decompose_triton_kernel_wrapper_functional pass (an assertion in replace_by_example, torch
-# 2.11, pytorch/pytorch#181735), while the one without a window compiles and matches eager
-# (docs/benchmarks/dmattn.md run 8). Run 12 found the trigger in the traced forward: identical
-# torch.full buffers merged by AOT autograd's CSE, so Inductor cloned one before a kernel wrote
-# it, and that clone is what crashes (triton_select now fills them differently). The backward
-# has no such buffers since the atomics went, but traced it is not yet checked on the GPU.
-# Opaque, Inductor calls the eager body, which is right by construction.
-_bwd_op = register_op("dmattn_bwd", _bwd_body, fake=_bwd_fake, opaque=True)
+# kernels/varlen.bucket_of). Until the fourteenth session the backward was opaque: traced, the
+# windowed form crashed Inductor (torch 2.11, pytorch/pytorch#181735) on a clone of a buffer
+# that AOT autograd's CSE had merged with an identical torch.full (triton_select now fills its
+# buffers differently, and tests/test_traced_writes.py checks it); compiled against eager with
+# the backward traced, dmattn.md run 13.
+_bwd_op = register_op("dmattn_bwd", _bwd_body, fake=_bwd_fake)
 
 
 def _setup_context(ctx, inputs, output):
