@@ -103,14 +103,6 @@ def _count_above(x_b, x_i, lst, lst_b, n, steps):
 
 
 @triton.jit
-def _prefix_counts(flags, upto):
-    """The running count along axis 1 of a 0/1 matrix (tl.cumsum(flags, axis=1)), as the product
-    flags @ upto with upto[y, i] = (y <= i): a tensor-core dot, exact (0/1 products, fp32 sums
-    of at most BLOCK_M ones), where the two M x M scans took most of the theta kernel's time."""
-    return tl.dot(flags.to(tl.float16), upto.to(tl.float16)).to(tl.int32)
-
-
-@triton.jit
 def _block_info(pid, blk_info_ptr, T, N_BLK, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr):
     """block_bounds and the block's index within its sequence (0 for surplus varlen blocks,
     whose first query is their sequence's end)."""
@@ -205,7 +197,7 @@ def _theta_kernel(
     n_k_above = _count_above(yb, yi, cur, cur_b, W, LOG)
     # candidates among the block's keys: count_i(y) = present keys above y at query i
     upto = offs_m[:, None] <= offs_m[None, :]  # [y, i]: block key y is present at query i
-    cnt_b = n_k_above[:, None] + _prefix_counts(A, upto)
+    cnt_b = n_k_above[:, None] + tl.cumsum(A.to(tl.int32), axis=1)
     hit_b = (cnt_b == W - 1) & upto & yv[:, None]
     theta = tl.max(tl.where(hit_b, yi[:, None], -1), axis=0)
     count = tl.max(tl.where(hit_b, n_k_above[:, None], -1), axis=0)  # (one candidate hits)
@@ -215,7 +207,7 @@ def _theta_kernel(
     cv = cidx >= 0
     cb = tl.load(cur_b + cslot, mask=cv, other=0.0)
     y_over_c = ranks_above(yb[None, :], yi[None, :], cb[:, None], cidx[:, None]) & yv[None, :]
-    cnt_k = cslot[:, None] + _prefix_counts(y_over_c, upto)
+    cnt_k = cslot[:, None] + tl.cumsum(y_over_c.to(tl.int32), axis=1)
     hit_k = (cnt_k == W - 1) & cv[:, None]
     theta = tl.maximum(theta, tl.max(tl.where(hit_k, cidx[:, None], -1), axis=0))
     count = tl.maximum(count, tl.max(tl.where(hit_k, cslot[:, None] + 1, -1), axis=0))
