@@ -106,17 +106,15 @@ def ssd_cases():
     from wmzoo.kernels.ssd.triton_fwd import _ssd_fwd_kernel
 
     tiles = dict(Q=64, BLOCK_P=64, NB=128, DOT=1, HAS_CU=False)
-    # RoPE r 64 in both load forms (triton_common): the halves paired in registers (the
-    # library's for r 64) and gathered (its form for r/2 not a power of two)
-    for tag, rope in (("no RoPE", dict(ROPE=0, HB=1)), ("RoPE paired", dict(ROPE=2, HB=32)),
-                      ("RoPE gathered", dict(ROPE=1, HB=1))):
-        yield f"SSD forward, {tag}", _ssd_fwd_kernel, dict(tiles, **rope, HAS_D=True, HAS_H0=False, WRITE_FINAL=True)
+    for rope in (False, True):
+        tag = "RoPE" if rope else "no RoPE"
+        yield f"SSD forward, {tag}", _ssd_fwd_kernel, dict(tiles, ROPE=rope, HAS_D=True, HAS_H0=False, WRITE_FINAL=True)
         yield f"SSD backward forward sweep, {tag}", _ssd_bwd_forward_sweep, dict(
-            tiles, **rope, HAS_DFINAL=False, HAS_H0=False)
-        if not rope["ROPE"]:  # with RoPE the reverse sweep computes the in-chunk terms itself
-            yield f"SSD backward chunk-local terms, {tag}", _ssd_bwd_chunk_local, dict(tiles, **rope)
+            tiles, ROPE=rope, HAS_DFINAL=False, HAS_H0=False)
+        if not rope:  # with RoPE the reverse sweep computes the in-chunk terms itself
+            yield f"SSD backward chunk-local terms, {tag}", _ssd_bwd_chunk_local, dict(tiles, ROPE=rope)
         yield f"SSD backward reverse sweep, {tag}", _ssd_bwd_reverse_sweep, dict(
-            tiles, **rope, LOCAL=not rope["ROPE"], HAS_DFINAL=False, HAS_D=True)
+            tiles, ROPE=rope, LOCAL=not rope, HAS_DFINAL=False, HAS_D=True)
 
 
 def dmattn_cases():

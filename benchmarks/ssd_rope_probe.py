@@ -3,19 +3,16 @@
     python benchmarks/ssd_rope_probe.py --out DIR            (every variant, one process each)
     python benchmarks/ssd_rope_probe.py --variant NAME       (one variant, prints its time)
 
-RoPE r 64 took the forward at B4 T4096 H64 P64 N128 from 0.43 to 1.22 ms with the gathered form
-(ssd.md run 12), and the three load forms timed in run 8 did not say why (their predictions were
-off by up to 5x). The diagnostics below replace ``load_rotated_bc`` in the forward kernel's
-module before its first compile, so one piece of the gathered rotation is taken away at a time.
-Only ``rope``, ``gather`` and ``none`` give correct outputs; the others are diagnostics, timed
-and never used:
+RoPE r 64 takes the forward at B4 T4096 H64 P64 N128 from 0.43 to 1.22 ms (ssd.md run 12), and
+the three load forms timed in run 8 did not say why (their predictions were off by up to 5x).
+Each variant below replaces ``load_rotated`` in the forward kernel's module before its first
+compile, so one piece of the rotation is taken away at a time. Only ``rope`` and ``none`` give
+correct outputs; the others are diagnostics, timed and never used:
 
-- ``rope``: the library's form at r 64 (halves paired in registers, tables read once per chunk);
-- ``gather``: the gathered form (partner channels and cos / sin entries gathered per operand),
-  the library's for r/2 not a power of two;
+- ``rope``: the library's form (partner channels and cos / sin rows loaded per operand);
 - ``none``: no rotation (the RoPE-free kernel);
-- ``const_tables``: gathered partner channels, cos / sin constants: what the table loads cost;
-- ``no_partner``: gathered tables, the partner channel replaced by the channel itself: what the
+- ``const_tables``: partner channels loaded, cos / sin constants: what the table loads cost;
+- ``no_partner``: tables loaded, the partner channel replaced by the channel itself: what the
   second load of B / C costs.
 (The rotation's offsets in int32, a fifth form that compiled with far fewer spills on triton
 3.6, became the library's in the tenth session and was reverted after ssd.md run 13 measured it
@@ -39,16 +36,17 @@ import triton.language as tl
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from wmzoo.kernels.rope.reference import rope_tables  # noqa: E402
 from wmzoo.kernels.ssd import ssd  # noqa: E402
-from wmzoo.kernels.ssd import triton_backend, triton_fwd  # noqa: E402
-from wmzoo.kernels.ssd.triton_common import ROPE_GATHER, load_cols  # noqa: E402
+from wmzoo.kernels.ssd import triton_fwd  # noqa: E402
+from wmzoo.kernels.ssd.triton_common import load_cols  # noqa: E402
 
-VARIANTS = ("none", "rope", "gather", "const_tables", "no_partner")
+VARIANTS = ("none", "rope", "const_tables", "no_partner")
 SHAPE = (4, 4096, 64, 64, 128, 64)  # B, T, H, P, N, G: bench_ssd's main shape
 ROPE_DIM = 64
 
 
 @triton.jit
-def _const_tables(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB: tl.constexpr):
+def _const_tables(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
+                  NB: tl.constexpr, ROPE: tl.constexpr):
     z = load_cols(ptr, row_stride, rows, row_mask, 0, N, NB)
     cols = tl.arange(0, NB)
     first = cols < HALF
@@ -61,7 +59,8 @@ def _const_tables(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB
 
 
 @triton.jit
-def _no_partner(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB: tl.constexpr):
+def _no_partner(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
+                NB: tl.constexpr, ROPE: tl.constexpr):
     z = load_cols(ptr, row_stride, rows, row_mask, 0, N, NB)
     cols = tl.arange(0, NB)
     first = cols < HALF
@@ -73,27 +72,11 @@ def _no_partner(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB: 
     return z * cos + tl.where(first, -1.0, 1.0)[None, :] * z * sin
 
 
-@triton.jit
-def _const_tables_bc(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
-                     NB: tl.constexpr, ROPE: tl.constexpr, HB: tl.constexpr):
-    return (_const_tables(Bg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB),
-            _const_tables(Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB))
-
-
-@triton.jit
-def _no_partner_bc(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
-                   NB: tl.constexpr, ROPE: tl.constexpr, HB: tl.constexpr):
-    return (_no_partner(Bg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB),
-            _no_partner(Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB))
-
-
 def run_variant(name: str) -> dict:
     if name == "const_tables":
-        triton_fwd.load_rotated_bc = _const_tables_bc
+        triton_fwd.load_rotated = _const_tables
     elif name == "no_partner":
-        triton_fwd.load_rotated_bc = _no_partner_bc
-    elif name == "gather":
-        triton_backend._rope_form = lambda half: dict(ROPE=ROPE_GATHER, HB=1) if half else dict(ROPE=0, HB=1)
+        triton_fwd.load_rotated = _no_partner
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     b, t, h, p, n, g = SHAPE if dev == "cuda" else (1, 130, 2, 16, 32, 1)
     gen = torch.Generator(device=dev).manual_seed(0)

@@ -19,7 +19,7 @@ import triton
 
 from ..registry import Unsupported, empty_like_none, launch
 from .triton_bwd import _ssd_bwd_chunk_local, _ssd_bwd_forward_sweep, _ssd_bwd_reverse_sweep
-from .triton_common import DOT_BF16, DOT_FP16, DOT_IEEE, ROPE_GATHER, ROPE_NONE, ROPE_PAIRS, _unrotate_kernel
+from .triton_common import DOT_BF16, DOT_FP16, DOT_IEEE, _unrotate_kernel
 from .triton_fwd import _ssd_fwd_kernel
 from .triton_segments import (
     _ssd_chain_dstates,
@@ -87,19 +87,9 @@ def _min_tile(x: torch.Tensor) -> int:
     return MIN_TILE_CUDA if x.is_cuda else MIN_TILE_CPU
 
 
-def _rope_form(half: int) -> dict:
-    """The ROPE and HB constexprs (triton_common): halves paired in registers when r/2 is a power
-    of two (it then divides the n tile's half, a power of two >= n), else gathered."""
-    if not half:
-        return dict(ROPE=ROPE_NONE, HB=1)
-    if half & (half - 1) == 0:
-        return dict(ROPE=ROPE_PAIRS, HB=half)
-    return dict(ROPE=ROPE_GATHER, HB=1)
-
-
 def _tiles(p: int, n: int, half: int, floor: int) -> dict:
     """Tile sizes of p and of all n channels (RoPE rotates on load, so it changes no tile)."""
-    return dict(BLOCK_P=_pow2(p, floor), NB=_pow2(n, floor), **_rope_form(half))
+    return dict(BLOCK_P=_pow2(p, floor), NB=_pow2(n, floor), ROPE=half > 0)
 
 
 UNROTATE_BLOCK_T = 64
@@ -332,7 +322,7 @@ def step(state, x, dt, A, B, C, D, rope_cos, rope_sin):
         state, x, dt, A, B, C, A if D is None else D, cos, sin,
         y, new,
         h, g, p, n, half,
-        HAS_D=D is not None, BLOCK_P=block_p, BLOCK_N=block_n, **_rope_form(half),
+        HAS_D=D is not None, ROPE=half > 0, BLOCK_P=block_p, BLOCK_N=block_n,
     )
     return y, new
 

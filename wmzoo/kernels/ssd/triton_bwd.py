@@ -46,7 +46,7 @@ from .triton_common import (
     chunk_decays,
     configs,
     load_cols,
-    load_rotated_bc,
+    load_rotated,
     load_state,
     mm,
     mm_split_a,
@@ -60,10 +60,11 @@ from .triton_common import (
 
 @triton.jit
 def rotated_operands(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
-                     NB: tl.constexpr, ROPE: tl.constexpr, HB: tl.constexpr, DOT: tl.constexpr):
+                     NB: tl.constexpr, ROPE: tl.constexpr, DOT: tl.constexpr):
     """B~ and C~ of a chunk as the backward uses them: rotated, then rounded once to what tl.dot
     sees (operand), so that products and elementwise uses see the same values."""
-    b, c = load_rotated_bc(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, HB)
+    b = load_rotated(Bg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+    c = load_rotated(Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
     if ROPE:  # without RoPE the loads are exact in the half type already
         b = operand(b, DOT)
         c = operand(c, DOT)
@@ -91,7 +92,7 @@ def _ssd_bwd_forward_sweep(
     dC_ptr, cdc_ptr, dff_ptr,
     T, H, G, P, N, HALF, SEGS,
     HAS_DFINAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr,
-    ROPE: tl.constexpr, HB: tl.constexpr,
+    ROPE: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
 ):
     k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
@@ -116,7 +117,7 @@ def _ssd_bwd_forward_sweep(
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))
         dyxd = mm(dy, tl.trans(x), DOT) * (dt[None, :] * decay)  # [t, s]; x, dy exact operands
-        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, HB, DOT)
+        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
         st = tl.exp(lam)[:, None] * mm_split_b(dy, s, DOT)
         dc = mm(dyxd, b, DOT) + st
         # C~ . dC~ through the state only (see module doc)
@@ -136,7 +137,7 @@ def _ssd_bwd_chunk_local(
     dy_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cu_ptr, cos_ptr, sin_ptr,
     dBl_ptr, dxdl_ptr, dgl_ptr,
     T, H, G, P, N, HALF, SEGS,
-    HAS_CU: tl.constexpr, ROPE: tl.constexpr, HB: tl.constexpr,
+    HAS_CU: tl.constexpr, ROPE: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
 ):
     """The reverse sweep's in-chunk terms, fp32 per (token, head): dB~ and dxd through the
@@ -157,7 +158,7 @@ def _ssd_bwd_chunk_local(
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
-        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, HB, DOT)
+        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
         db_in, dxd_in, dg_in = in_chunk_terms(x, dy, dt, lam, b, c_t, causal_t, DOT)
         store_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, N, db_in, NB)
         store_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, dxd_in, BLOCK_P)
@@ -172,7 +173,7 @@ def _ssd_bwd_reverse_sweep(
     dx_ptr, ddt_ptr, dB_ptr, dA_ptr, dD_ptr, dh0_ptr,
     T, H, G, P, N, HALF, SEGS,
     HAS_DFINAL: tl.constexpr, HAS_D: tl.constexpr, HAS_CU: tl.constexpr,
-    ROPE: tl.constexpr, HB: tl.constexpr, LOCAL: tl.constexpr,
+    ROPE: tl.constexpr, LOCAL: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
 ):
     """LOCAL: the in-chunk terms come from _ssd_bwd_chunk_local's buffers; otherwise this
@@ -205,7 +206,7 @@ def _ssd_bwd_reverse_sweep(
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         to_end = tl.exp(lam_end - lam)[:, None]
         dt_to_end = dt[:, None] * to_end  # xd dS = dt (x dS): x is exact in the half type
-        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, HB, DOT)
+        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
         from_state = mm(b, tl.trans(ds), DOT)  # dS B~_s, for dxd
         sb = dt_to_end * mm_split_b(x, ds, DOT)
         b_db = tl.sum(b * sb, axis=1)

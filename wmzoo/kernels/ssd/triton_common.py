@@ -9,14 +9,11 @@ ranges come from ``cu_seqlens`` (read inside the kernel: no host sync); chunks s
 sequence's first token, so a chunk never holds two sequences and no state crosses a boundary.
 
 RoPE on load, one tile over n: B~ and C~ (and the p x n state) are single tiles of all n
-channels, so RoPE adds no state math and no padding, only the rotation of each loaded B / C
-tile (channel i pairs with i + r/2 for i < r/2). Two forms, the ROPE constexpr's codes below:
-``ROPE_PAIRS`` (r/2 a power of two, every benchmark and model size) pairs the halves in
-registers, the tile seen as (rows, n / r, 2, r/2), and reads the cos / sin rows as plain
-(rows, r/2) tiles, once per chunk for B and C together; ``ROPE_GATHER`` (any r) gathers each
-channel's partner and its table entries per element. The backward's kernels produce gradients
-w.r.t. the rotated B~ and C~; RoPE's transpose is applied to them afterwards by
-``_unrotate_kernel`` (elementwise, in place).
+channels; ``load_rotated`` forms a rotated tile from the plain load and gathers of each channel's
+rotation partner (channel i pairs with i + r/2 for i < r/2) and of its cos / sin. No tile is
+split by the rotation, so RoPE adds no state math and no padding: only those loads and a few
+FMAs. The backward's kernels therefore produce gradients w.r.t. the rotated B~ and C~; RoPE's
+transpose is applied to them afterwards by ``_unrotate_kernel`` (elementwise, in place).
 """
 
 from __future__ import annotations
@@ -28,13 +25,7 @@ from ..registry import INTERPRET
 
 # The autotune key of the chunked kernels: tile shapes and modes, never lengths, batch, head or
 # group counts, so a new length never re-tunes.
-TILE_KEY = ["P", "N", "Q", "BLOCK_P", "NB", "ROPE", "HB", "DOT"]
-
-# Codes of the ROPE constexpr: how B and C are rotated on load (module doc). HB, the other
-# RoPE constexpr, is r/2 with ROPE_PAIRS (a tile side) and 1 otherwise.
-ROPE_NONE = 0
-ROPE_GATHER = 1
-ROPE_PAIRS = 2
+TILE_KEY = ["P", "N", "Q", "BLOCK_P", "NB", "ROPE", "DOT"]
 
 
 def configs(warps_stages):
@@ -180,10 +171,9 @@ def store_state(ptr, k, head, H, P, N, offs_p, s, ok, NB: tl.constexpr):
 
 @triton.jit
 def rotate(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, NB: tl.constexpr):
-    """ROPE_GATHER: z (rows, NB), rows of B or C loaded from ptr, rotated by (tokens, HALF)
-    tables: z~_i = z_i cos_i - z_{i+HALF} sin_i, z~_{i+HALF} = z_{i+HALF} cos_i + z_i sin_i.
-    Partner channels (cache hits: the same rows were just loaded) and tables are read by index
-    gathers.
+    """z (rows, NB), rows of B or C loaded from ptr, rotated by (tokens, HALF) tables:
+    z~_i = z_i cos_i - z_{i+HALF} sin_i, z~_{i+HALF} = z_{i+HALF} cos_i + z_i sin_i. Partner
+    channels (cache hits: the same rows were just loaded) and tables are read by index gathers.
 
     Measured on the H200 at B4 T4096 H64 P64 N128, r 64 (docs/benchmarks/NOTES.md, fourth
     session): this form 1.18 / 7.06 ms fwd / fwd+bwd; tables shared by B and C read as two
@@ -202,58 +192,13 @@ def rotate(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, NB: tl.co
 
 
 @triton.jit
-def pair_tables(cos_ptr, sin_ptr, rows, row_mask, HB: tl.constexpr):
-    """ROPE_PAIRS: the cos / sin rows of a chunk, (rows, HB) fp32 tiles of (tokens, HB) tables."""
-    offs = rows[:, None] * HB + tl.arange(0, HB)[None, :]
-    cos = tl.load(cos_ptr + offs, mask=row_mask[:, None], other=1.0)
-    sin = tl.load(sin_ptr + offs, mask=row_mask[:, None], other=0.0)
-    return cos, sin
-
-
-@triton.jit
-def rotate_pairs(z, cos, sin, HB: tl.constexpr, NB: tl.constexpr):
-    """ROPE_PAIRS: z (rows, NB) rotated in registers by (rows, HB) tables. Seen as (rows, NB /
-    2HB, 2, HB), the tile's group 0 holds the rotated channels, halves a (axis 2 index 0) and b:
-    a~ = a cos - b sin, b~ = b cos + a sin; the other groups pass unchanged."""
-    M: tl.constexpr = z.shape[0]
-    GR: tl.constexpr = NB // (2 * HB)
-    a, b = tl.split(tl.permute(tl.reshape(z, (M, GR, 2, HB)), (0, 1, 3, 2)))  # (M, GR, HB) each
-    c = cos[:, None, :]
-    s = sin[:, None, :]
-    if GR > 1:
-        first = (tl.arange(0, GR) == 0)[None, :, None]
-        c = tl.where(first, c, 1.0)
-        s = tl.where(first, s, 0.0)
-    return tl.reshape(tl.permute(tl.join(a * c - b * s, b * c + a * s), (0, 1, 3, 2)), (M, NB))
-
-
-@triton.jit
 def load_rotated(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
-                 NB: tl.constexpr, ROPE: tl.constexpr, HB: tl.constexpr):
+                 NB: tl.constexpr, ROPE: tl.constexpr):
     """Rows of B or C (all n channels, fp32), rotated when ROPE."""
     z = load_cols(ptr, row_stride, rows, row_mask, 0, N, NB)
-    if ROPE == 2:
-        cos, sin = pair_tables(cos_ptr, sin_ptr, rows, row_mask, HB)
-        z = rotate_pairs(z, cos, sin, HB, NB)
-    elif ROPE == 1:
+    if ROPE:
         z = rotate(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, NB)
     return z
-
-
-@triton.jit
-def load_rotated_bc(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
-                    NB: tl.constexpr, ROPE: tl.constexpr, HB: tl.constexpr):
-    """B~ and C~ of the same rows (load_rotated), ROPE_PAIRS reading the tables once for both."""
-    if ROPE == 2:
-        b = load_cols(Bg, row_stride, rows, row_mask, 0, N, NB)
-        c = load_cols(Cg, row_stride, rows, row_mask, 0, N, NB)
-        cos, sin = pair_tables(cos_ptr, sin_ptr, rows, row_mask, HB)
-        b = rotate_pairs(b, cos, sin, HB, NB)
-        c = rotate_pairs(c, cos, sin, HB, NB)
-    else:
-        b = load_rotated(Bg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, HB)
-        c = load_rotated(Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, HB)
-    return b, c
 
 
 @triton.jit

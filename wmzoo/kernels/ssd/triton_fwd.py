@@ -9,7 +9,7 @@ The state (p x n, fp32) stays in registers from chunk to chunk, so the chunk sta
 written to memory: the forward reads x, dt, B, C once and writes y and the final state. With
 segments (triton_segments), program (sequence x SEGS + segment) starts from its segment's state
 (passed as the initial states, one per segment) and the chain kernel writes the final state.
-B~ and C~ are rotated on load (triton_common.load_rotated_bc); S is one p x n tile.
+B~ and C~ are rotated on load (triton_common.load_rotated); S is one p x n tile.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .triton_common import (
     chunk_decays,
     configs,
     load_cols,
-    load_rotated_bc,
+    load_rotated,
     load_state,
     mm,
     program_chunks,
@@ -45,7 +45,7 @@ def _ssd_fwd_kernel(
     y_ptr, final_ptr,
     T, H, G, P, N, HALF, SEGS,
     HAS_D: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr,
-    ROPE: tl.constexpr, HB: tl.constexpr, WRITE_FINAL: tl.constexpr,
+    ROPE: tl.constexpr, WRITE_FINAL: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
 ):
     k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
@@ -70,7 +70,8 @@ def _ssd_fwd_kernel(
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, tl.program_id(2) * BLOCK_P, P - tl.program_id(2) * BLOCK_P, BLOCK_P)
         xd = x * dt[:, None]
-        b, c_t = load_rotated_bc(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, HB)
+        b = load_rotated(Bg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+        c_t = load_rotated(Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
         scores = mm(c_t, tl.trans(b), DOT)
         inter = mm(c_t, tl.trans(s), DOT)
         # The mask goes in before exp: above the diagonal Lam_t - Lam_s > 0 could overflow.

@@ -50,7 +50,7 @@ def _ssd_segment_states(
     x_ptr, dt_ptr, A_ptr, B_ptr, cu_ptr, cos_ptr, sin_ptr,
     states_ptr, dec_ptr,
     T, H, G, P, N, HALF, SEGS,
-    HAS_CU: tl.constexpr, ROPE: tl.constexpr, HB: tl.constexpr,
+    HAS_CU: tl.constexpr, ROPE: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
 ):
     idx = tl.program_id(0)  # sequence x SEGS + segment
@@ -70,7 +70,7 @@ def _ssd_segment_states(
         dec += lam_end
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, p0, P - p0, BLOCK_P)
         weighted = tl.trans(x * (dt * tl.exp(lam_end - lam))[:, None])
-        b = operand(load_rotated(Bg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, HB), DOT)
+        b = operand(load_rotated(Bg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE), DOT)
         s = tl.exp(lam_end) * s + mm_split_a(weighted, b, DOT)
     store_state(states_ptr, idx, head, H, P, N, offs_p, s, True, NB)
     tl.store(dec_ptr + idx * H + head, dec)  # the same value from every block of p
@@ -82,7 +82,7 @@ def _ssd_segment_dstates(
     dy_ptr, dt_ptr, A_ptr, C_ptr, cu_ptr, cos_ptr, sin_ptr,
     dstates_ptr,
     T, H, G, P, N, HALF, SEGS,
-    HAS_CU: tl.constexpr, ROPE: tl.constexpr, HB: tl.constexpr,
+    HAS_CU: tl.constexpr, ROPE: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
 ):
     idx = tl.program_id(0)
@@ -99,7 +99,7 @@ def _ssd_segment_dstates(
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         weighted = tl.trans(dy * tl.exp(lam)[:, None])
-        c_t = operand(load_rotated(Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, HB), DOT)
+        c_t = operand(load_rotated(Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE), DOT)
         ds = tl.exp(lam_end) * ds + mm_split_a(weighted, c_t, DOT)
     store_state(dstates_ptr, idx, head, H, P, N, offs_p, ds, True, NB)
 

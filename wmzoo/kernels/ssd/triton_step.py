@@ -9,7 +9,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import load_rotated_bc
+from .triton_common import load_rotated
 
 
 @triton.jit
@@ -17,7 +17,7 @@ def _ssd_step_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, cos_ptr, sin_ptr,
     y_ptr, new_ptr,
     H, G, P, N, HALF,
-    HAS_D: tl.constexpr, ROPE: tl.constexpr, HB: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_D: tl.constexpr, ROPE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     row = tl.program_id(0)
     head = tl.program_id(1)
@@ -28,8 +28,8 @@ def _ssd_step_kernel(
     # A one-row tile, so that B and C go through the same rotating load as in the chunked kernels.
     rows = row + tl.zeros([1], dtype=tl.int64)
     row_mask = rows >= 0
-    Bt, Ct = load_rotated_bc(B_ptr + group * N, C_ptr + group * N, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
-                             BLOCK_N, ROPE, HB)
+    Bt = load_rotated(B_ptr + group * N, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, BLOCK_N, ROPE)
+    Ct = load_rotated(C_ptr + group * N, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, BLOCK_N, ROPE)
     dt = tl.load(dt_ptr + row * H + head).to(tl.float32)
     A = tl.load(A_ptr + head).to(tl.float32)
     x = tl.load(x_ptr + (row * H + head) * P + offs_p, mask=p_mask, other=0.0).to(tl.float32)
