@@ -13,10 +13,14 @@ correct outputs; the others are diagnostics, timed and never used:
 - ``none``: no rotation (the RoPE-free kernel);
 - ``const_tables``: partner channels loaded, cos / sin constants: what the table loads cost;
 - ``no_partner``: tables loaded, the partner channel replaced by the channel itself: what the
-  second load of B / C costs.
+  second load of B / C costs;
+- ``fma_only``: no load beyond the plain one, the rotation's arithmetic on the loaded tile with
+  constants: what putting any elementwise step between the loads and the dots costs.
 (The rotation's offsets in int32, a fifth form that compiled with far fewer spills on triton
 3.6, became the library's in the tenth session and was reverted after ssd.md run 13 measured it
 slower.)
+Measured (ssd.md run 14, an H100): none 0.433 ms, rope 1.213, const_tables 0.887, no_partner
+1.030, fma_only 0.746 (run 14's second call, beside none 0.432 and rope 1.239).
 Each runs in a process of its own: Triton resolves a kernel's helpers when it first compiles
 it. The output's sum is printed too: a diagnostic whose sum equals ``rope``'s was not patched in.
 """
@@ -39,7 +43,7 @@ from wmzoo.kernels.ssd import ssd  # noqa: E402
 from wmzoo.kernels.ssd import triton_fwd  # noqa: E402
 from wmzoo.kernels.ssd.triton_common import load_cols  # noqa: E402
 
-VARIANTS = ("none", "rope", "const_tables", "no_partner")
+VARIANTS = ("none", "rope", "const_tables", "no_partner", "fma_only")
 SHAPE = (4, 4096, 64, 64, 128, 64)  # B, T, H, P, N, G: bench_ssd's main shape
 ROPE_DIM = 64
 
@@ -72,11 +76,22 @@ def _no_partner(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
     return z * cos + tl.where(first, -1.0, 1.0)[None, :] * z * sin
 
 
+@triton.jit
+def _fma_only(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
+              NB: tl.constexpr, ROPE: tl.constexpr):
+    z = load_cols(ptr, row_stride, rows, row_mask, 0, N, NB)
+    cols = tl.arange(0, NB)
+    rotated = row_mask[:, None] & (cols[None, :] < 2 * HALF)
+    return tl.where(rotated, z * 0.9 + tl.where(cols < HALF, -1.0, 1.0)[None, :] * z * 0.3, z)
+
+
 def run_variant(name: str) -> dict:
     if name == "const_tables":
         triton_fwd.load_rotated = _const_tables
     elif name == "no_partner":
         triton_fwd.load_rotated = _no_partner
+    elif name == "fma_only":
+        triton_fwd.load_rotated = _fma_only
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     b, t, h, p, n, g = SHAPE if dev == "cuda" else (1, 130, 2, 16, 32, 1)
     gen = torch.Generator(device=dev).manual_seed(0)
