@@ -15,7 +15,10 @@ correct outputs; the others are diagnostics, timed and never used:
 - ``no_partner``: tables loaded, the partner channel replaced by the channel itself: what the
   second load of B / C costs;
 - ``fma_only``: no load beyond the plain one, the rotation's arithmetic on the loaded tile with
-  constants: what putting any elementwise step between the loads and the dots costs.
+  constants: what putting any elementwise step between the loads and the dots costs;
+- ``fma_b_only`` / ``fma_c_only``: the same on B alone / C alone, the other loaded plain. In the
+  forward C~ is only ever the left operand of its products and B~ the right one (which the
+  tensor cores read from shared memory), so these say which side of a product to rotate.
 (The rotation's offsets in int32, a fifth form that compiled with far fewer spills on triton
 3.6, became the library's in the tenth session and was reverted after ssd.md run 13 measured it
 slower.)
@@ -28,6 +31,8 @@ it. The output's sum is printed too: a diagnostic whose sum equals ``rope``'s wa
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
 import os
 import subprocess
@@ -40,10 +45,10 @@ import triton.language as tl
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from wmzoo.kernels.rope.reference import rope_tables  # noqa: E402
 from wmzoo.kernels.ssd import ssd  # noqa: E402
-from wmzoo.kernels.ssd import triton_fwd  # noqa: E402
+from wmzoo.kernels.ssd import triton_backend, triton_fwd  # noqa: E402
 from wmzoo.kernels.ssd.triton_common import load_cols  # noqa: E402
 
-VARIANTS = ("none", "rope", "const_tables", "no_partner", "fma_only")
+VARIANTS = ("none", "rope", "const_tables", "no_partner", "fma_only", "fma_b_only", "fma_c_only")
 SHAPE = (4, 4096, 64, 64, 128, 64)  # B, T, H, P, N, G: bench_ssd's main shape
 ROPE_DIM = 64
 
@@ -85,7 +90,34 @@ def _fma_only(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
     return tl.where(rotated, z * 0.9 + tl.where(cols < HALF, -1.0, 1.0)[None, :] * z * 0.3, z)
 
 
+@triton.jit
+def _plain(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
+           NB: tl.constexpr, ROPE: tl.constexpr):
+    return load_cols(ptr, row_stride, rows, row_mask, 0, N, NB)
+
+
+def _forward_with(b_fn: str, c_fn: str):
+    """The forward kernel from a copy of triton_fwd whose B and C loads call ``b_fn`` and
+    ``c_fn`` (this module's diagnostics, appended to the copy). The copy is written beside
+    triton_fwd, so that its relative imports resolve, and removed once imported."""
+    src = inspect.getsource(triton_fwd)
+    for old, new in (("b = load_rotated(Bg,", f"b = {b_fn}(Bg,"), ("c_t = load_rotated(Cg,", f"c_t = {c_fn}(Cg,")):
+        assert old in src, old
+        src = src.replace(old, new)
+    src += "".join("\n\n" + inspect.getsource(f.fn) for f in (_fma_only, _plain))
+    path = os.path.join(os.path.dirname(triton_fwd.__file__), "_probe_fwd.py")
+    with open(path, "w") as fh:
+        fh.write(src)
+    try:
+        return importlib.import_module("wmzoo.kernels.ssd._probe_fwd")._ssd_fwd_kernel
+    finally:
+        os.remove(path)
+
+
 def run_variant(name: str) -> dict:
+    if name in ("fma_b_only", "fma_c_only"):
+        b_fn, c_fn = ("_fma_only", "_plain") if name == "fma_b_only" else ("_plain", "_fma_only")
+        triton_backend._ssd_fwd_kernel = _forward_with(b_fn, c_fn)
     if name == "const_tables":
         triton_fwd.load_rotated = _const_tables
     elif name == "no_partner":
