@@ -19,6 +19,8 @@ correct outputs; the others are diagnostics, timed and never used:
 - ``fma_b_only`` / ``fma_c_only``: the same on B alone / C alone, the other loaded plain. In the
   forward C~ is only ever the left operand of its products and B~ the right one (which the
   tensor cores read from shared memory), so these say which side of a product to rotate.
+  (Their outputs are equal: constant arithmetic scales channels, and a channel scale gives the
+  same products on either side.)
 (The rotation's offsets in int32, a fifth form that compiled with far fewer spills on triton
 3.6, became the library's in the tenth session and was reverted after ssd.md run 13 measured it
 slower.)
