@@ -21,6 +21,9 @@ correct outputs; the others are diagnostics, timed and never used:
   tensor cores read from shared memory), so these say which side of a product to rotate.
   (Their outputs are equal: constant arithmetic scales channels, and a channel scale gives the
   same products on either side.)
+- ``prerotate``: not a diagnostic but the design issue 4 rules out, for comparison: B and C
+  rotated by one compiled elementwise pass each (rotated copies in memory), then the RoPE-free
+  forward. Its output equals ``rope``'s up to the order of roundings.
 (The rotation's offsets in int32, a fifth form that compiled with far fewer spills on triton
 3.6, became the library's in the tenth session and was reverted after ssd.md run 13 measured it
 slower.)
@@ -45,12 +48,12 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from wmzoo.kernels.rope.reference import rope_tables  # noqa: E402
+from wmzoo.kernels.rope.reference import rope_reference, rope_tables  # noqa: E402
 from wmzoo.kernels.ssd import ssd  # noqa: E402
 from wmzoo.kernels.ssd import triton_backend, triton_fwd  # noqa: E402
 from wmzoo.kernels.ssd.triton_common import load_cols  # noqa: E402
 
-VARIANTS = ("none", "rope", "const_tables", "no_partner", "fma_only", "fma_b_only", "fma_c_only")
+VARIANTS = ("none", "rope", "const_tables", "no_partner", "fma_only", "fma_b_only", "fma_c_only", "prerotate")
 SHAPE = (4, 4096, 64, 64, 128, 64)  # B, T, H, P, N, G: bench_ssd's main shape
 ROPE_DIM = 64
 
@@ -140,6 +143,13 @@ def run_variant(name: str) -> dict:
     def fwd():
         with torch.no_grad():
             return ssd(x, dt, A, B, C, chunk_size=64 if dev == "cuda" else 16, rope_cos=cos, rope_sin=sin)
+
+    if name == "prerotate":
+        rotate = torch.compile(rope_reference) if dev == "cuda" else rope_reference
+
+        def fwd():
+            with torch.no_grad():
+                return ssd(x, dt, A, rotate(B, cos, sin), rotate(C, cos, sin), chunk_size=64 if dev == "cuda" else 16)
 
     y = fwd()
     result = {"sum": round(float(y.float().sum()), 4)}
