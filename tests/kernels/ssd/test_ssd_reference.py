@@ -241,6 +241,29 @@ def test_steps_equal_full_sequence(rope):
     assert_close(state, final_full, tol, "step state vs ssd final_state")
 
 
+def test_step_without_gradients_skips_the_op_dispatch(monkeypatch):
+    """An eager step that no gradient can flow through calls the op's body directly (decode is
+    host-bound: the dispatch cost more than the kernel); with a gradient it must go through the
+    op, whose autograd formula gives the backward. Both give the reference's values."""
+    from wmzoo.kernels.ssd import op
+
+    args, extra = make_inputs(2, 1, 6, 3, 8, 3, dtype=F64, D=True, h0=True)
+    inputs = (extra["initial_state"], args["x"][:, 0], args["dt"][:, 0], args["A"], args["B"][:, 0], args["C"][:, 0])
+    calls = []
+    real_op = op._ssd_step
+    monkeypatch.setattr(op, "_ssd_step", lambda *a: calls.append(1) or real_op(*a))
+    with torch.no_grad():
+        y_direct, s_direct = ssd_step(*inputs, D=extra["D"])
+    assert calls == []
+    x = inputs[1].clone().requires_grad_()
+    y_op, s_op = ssd_step(inputs[0], x, *inputs[2:], D=extra["D"])
+    assert calls == [1]
+    y_op.sum().backward()
+    assert x.grad is not None
+    assert_close(y_direct, y_op.detach(), F64, "y, direct vs op")
+    assert_close(s_direct, s_op.detach(), F64, "state, direct vs op")
+
+
 def packed_case(lengths, *, index_dtype=torch.int32, h0=True, rope=0, seed=0):
     """One packed row holding sequences of the given lengths (zero allowed)."""
     total = sum(lengths)
