@@ -21,7 +21,6 @@ no_search 0.191, no_scans 0.153; the selection's kernels 0.594 ms in all.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import subprocess
@@ -33,6 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from wmzoo.kernels.dmattn import triton_select  # noqa: E402
 from wmzoo.kernels.dmattn.triton_layout import block_layout  # noqa: E402
 from wmzoo.kernels.registry import direct_launches  # noqa: E402
+
+from patched_module import patched_copy  # noqa: E402  (benchmarks/, the script's own folder)
 
 VARIANTS = {
     "base": [],
@@ -47,18 +48,7 @@ BLOCK_M = 128  # the GPU's query block (triton_backend.BLOCK_M)
 
 def patched_select(name: str):
     """select_window from a copy of triton_select with the variant's replacements."""
-    with open(triton_select.__file__) as fh:
-        src = fh.read()
-    for old, new in VARIANTS[name]:
-        assert old in src, old
-        src = src.replace(old, new)
-    path = os.path.join(os.path.dirname(triton_select.__file__), f"_probe_select_{name}.py")
-    with open(path, "w") as fh:
-        fh.write(src)
-    try:
-        return importlib.import_module(f"wmzoo.kernels.dmattn._probe_select_{name}").select_window
-    finally:
-        os.remove(path)
+    return patched_copy(triton_select, VARIANTS[name], tag=f"probe_{name}").select_window
 
 
 def run_variant(name: str) -> dict:

@@ -36,7 +36,6 @@ it. The output's sum is printed too: a diagnostic whose sum equals ``rope``'s wa
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import json
 import os
@@ -52,6 +51,8 @@ from wmzoo.kernels.rope.reference import rope_reference, rope_tables  # noqa: E4
 from wmzoo.kernels.ssd import ssd  # noqa: E402
 from wmzoo.kernels.ssd import triton_backend, triton_fwd  # noqa: E402
 from wmzoo.kernels.ssd.triton_common import load_cols  # noqa: E402
+
+from patched_module import patched_copy  # noqa: E402  (benchmarks/, the script's own folder)
 
 VARIANTS = ("none", "rope", "const_tables", "no_partner", "fma_only", "fma_b_only", "fma_c_only", "prerotate")
 SHAPE = (4, 4096, 64, 64, 128, 64)  # B, T, H, P, N, G: bench_ssd's main shape
@@ -103,20 +104,10 @@ def _plain(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
 
 def _forward_with(b_fn: str, c_fn: str):
     """The forward kernel from a copy of triton_fwd whose B and C loads call ``b_fn`` and
-    ``c_fn`` (this module's diagnostics, appended to the copy). The copy is written beside
-    triton_fwd, so that its relative imports resolve, and removed once imported."""
-    src = inspect.getsource(triton_fwd)
-    for old, new in (("b = load_rotated(Bg,", f"b = {b_fn}(Bg,"), ("c_t = load_rotated(Cg,", f"c_t = {c_fn}(Cg,")):
-        assert old in src, old
-        src = src.replace(old, new)
-    src += "".join("\n\n" + inspect.getsource(f.fn) for f in (_fma_only, _plain))
-    path = os.path.join(os.path.dirname(triton_fwd.__file__), "_probe_fwd.py")
-    with open(path, "w") as fh:
-        fh.write(src)
-    try:
-        return importlib.import_module("wmzoo.kernels.ssd._probe_fwd")._ssd_fwd_kernel
-    finally:
-        os.remove(path)
+    ``c_fn`` (this module's diagnostics, appended to the copy)."""
+    extra = "".join("\n\n" + inspect.getsource(f.fn) for f in (_fma_only, _plain))
+    return patched_copy(triton_fwd, [("b = load_rotated(Bg,", f"b = {b_fn}(Bg,"),
+                                     ("c_t = load_rotated(Cg,", f"c_t = {c_fn}(Cg,")], extra)._ssd_fwd_kernel
 
 
 def run_variant(name: str) -> dict:
