@@ -251,8 +251,8 @@ def select_window(bias: torch.Tensor, keep_window: int, block_m: int, layout):
     # two buffers for the scan's steps, the last step writing the first; the biases of the listed
     # keys sit beside them (no dependent gather) and are read only where an index is listed.
     # Empty slots hold a negative index, -1 in the first buffer (the returned lists) and -2 in
-    # the second: two identical torch.full calls are one node to Inductor's CSE, which then
-    # clones the buffer for the first write, and torch 2.11 crashed on that clone (run 12)
+    # the second: AOT autograd's CSE makes two identical torch.full calls one node, Inductor then
+    # clones it for the first write, and torch 2.11 crashed on that clone (dmattn.md run 12)
     bufs = [(torch.full((b * s0,), -1 - i, dtype=torch.int32, device=dev),
              torch.full((b * s0,), float(i), dtype=torch.float32, device=dev)) for i in range(2)]
     theta, count = (torch.empty(b * hkv * t, dtype=torch.int32, device=dev) for _ in range(2))
