@@ -2,14 +2,19 @@
 
     python benchmarks/ssd_rope_probe.py --out DIR            (every variant, one process each)
     python benchmarks/ssd_rope_probe.py --variant NAME       (one variant, prints its time)
+    python benchmarks/ssd_rope_probe.py --train [--variant]  (forward and backward)
 
 RoPE r 64 takes the forward at B4 T4096 H64 P64 N128 from 0.43 to 1.22 ms (ssd.md run 12), and
 the three load forms timed in run 8 did not say why (their predictions were off by up to 5x).
 Each variant below replaces ``load_rotated`` in the forward kernel's module before its first
 compile, so one piece of the rotation is taken away at a time. Only ``rope`` and ``none`` give
-correct outputs; the others are diagnostics, timed and never used:
+correct outputs (and ``rope_single``, ``prerotate``); the others are diagnostics, timed and never used:
 
-- ``rope``: the library's form (partner channels and cos / sin rows loaded per operand);
+- ``rope``: the library's form: at r 64 of n 128 the rotated and the plain channels as two
+  tiles (triton_fwd_split), the rotated ones gathered as below;
+- ``rope_single``: one tile over all n, rotated where channel < r (triton_fwd, the library's
+  form at r 64 until the fifteenth session); every diagnostic below patches this kernel.
+  Partner channels and cos / sin rows are loaded per operand;
 - ``none``: no rotation (the RoPE-free kernel);
 - ``const_tables``: partner channels loaded, cos / sin constants: what the table loads cost;
 - ``no_partner``: tables loaded, the partner channel replaced by the channel itself: what the
@@ -54,7 +59,9 @@ from wmzoo.kernels.ssd.triton_common import load_cols  # noqa: E402
 
 from patched_module import patched_copy  # noqa: E402  (benchmarks/, the script's own folder)
 
-VARIANTS = ("none", "rope", "const_tables", "no_partner", "fma_only", "fma_b_only", "fma_c_only", "prerotate")
+VARIANTS = ("none", "rope", "rope_single", "const_tables", "no_partner", "fma_only", "fma_b_only", "fma_c_only",
+            "prerotate")
+TRAIN_VARIANTS = ("none", "rope", "rope_single", "prerotate")  # the others patch the forward alone
 SHAPE = (4, 4096, 64, 64, 128, 64)  # B, T, H, P, N, G: bench_ssd's main shape
 ROPE_DIM = 64
 
@@ -110,7 +117,9 @@ def _forward_with(b_fn: str, c_fn: str):
                                      ("c_t = load_rotated(Cg,", f"c_t = {c_fn}(Cg,")], extra)._ssd_fwd_kernel
 
 
-def run_variant(name: str) -> dict:
+def run_variant(name: str, train: bool = False) -> dict:
+    if name not in ("none", "rope", "prerotate"):  # the single-tile kernel and its diagnostics
+        triton_backend.SPLIT_ROPE_FORWARD = False
     if name in ("fma_b_only", "fma_c_only"):
         b_fn, c_fn = ("_fma_only", "_plain") if name == "fma_b_only" else ("_plain", "_fma_only")
         triton_backend._ssd_fwd_kernel = _forward_with(b_fn, c_fn)
@@ -131,19 +140,28 @@ def run_variant(name: str) -> dict:
     if name != "none":
         cos, sin = rope_tables(torch.arange(t, device=dev).expand(b, t), ROPE_DIM if dev == "cuda" else 16)
 
+    chunk = 64 if dev == "cuda" else 16
+    rotate = torch.compile(rope_reference) if dev == "cuda" else rope_reference
+    if train:  # forward and backward: gradients w.r.t. x, dt, B, C
+        for z in (x, dt, B, C):
+            z.requires_grad_(True)
+        dy = torch.randn_like(x)
+
+    def call():
+        if name == "prerotate":
+            return ssd(x, dt, A, rotate(B, cos, sin), rotate(C, cos, sin), chunk_size=chunk)
+        return ssd(x, dt, A, B, C, chunk_size=chunk, rope_cos=cos, rope_sin=sin)
+
     def fwd():
+        if train:
+            y = call()
+            torch.autograd.grad(y, (x, dt, B, C), dy)
+            return y
         with torch.no_grad():
-            return ssd(x, dt, A, B, C, chunk_size=64 if dev == "cuda" else 16, rope_cos=cos, rope_sin=sin)
-
-    if name == "prerotate":
-        rotate = torch.compile(rope_reference) if dev == "cuda" else rope_reference
-
-        def fwd():
-            with torch.no_grad():
-                return ssd(x, dt, A, rotate(B, cos, sin), rotate(C, cos, sin), chunk_size=64 if dev == "cuda" else 16)
+            return call()
 
     y = fwd()
-    result = {"sum": round(float(y.float().sum()), 4)}
+    result = {"sum": round(float(y.detach().float().sum()), 4)}
     if dev == "cuda":
         result["ms"] = round(triton.testing.do_bench(fwd, warmup=25, rep=100, return_mode="median"), 4)
     return result
@@ -153,25 +171,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", choices=VARIANTS)
     ap.add_argument("--out", help="directory for rope_probe.json (with --variant unset: every variant)")
+    ap.add_argument("--train", action="store_true", help="time forward and backward (none, rope, rope_single, "
+                    "prerotate), not the forward alone")
     args = ap.parse_args()
     if args.variant:
-        print(json.dumps(run_variant(args.variant)), flush=True)
+        print(json.dumps(run_variant(args.variant, args.train)), flush=True)
         return
     results = {"env": {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                        "torch": torch.__version__, "triton": triton.__version__}}
-    for name in VARIANTS:
-        proc = subprocess.run([sys.executable, __file__, "--variant", name], capture_output=True, text=True)
+    names = TRAIN_VARIANTS if args.train else VARIANTS
+    for name in names:
+        proc = subprocess.run([sys.executable, __file__, "--variant", name] + ["--train"] * args.train,
+                              capture_output=True, text=True)
         lines = proc.stdout.strip().splitlines()
         results[name] = json.loads(lines[-1]) if proc.returncode == 0 and lines else {"error": proc.stderr[-300:]}
         print(name, results[name], flush=True)
     base = results["none"].get("ms")
-    for name in VARIANTS:
+    for name in names:
         ms = results[name].get("ms")
         if base and ms:
             print(f"{name:14s} {ms:8.4f} ms  {ms / base:5.2f}x the RoPE-free forward")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "rope_probe.json"), "w") as fh:
+        with open(os.path.join(args.out, "rope_probe_train.json" if args.train else "rope_probe.json"), "w") as fh:
             json.dump(results, fh, indent=1)
 
 

@@ -12,7 +12,15 @@ from conftest import assert_close
 
 from wmzoo.kernels.autotune import Autotuned
 from wmzoo.kernels.ssd import op as ssd_op
-from wmzoo.kernels.ssd import ssd, ssd_reference, ssd_step, triton_bwd, triton_fwd, triton_segments
+from wmzoo.kernels.ssd import (
+    ssd,
+    ssd_reference,
+    ssd_step,
+    triton_bwd,
+    triton_fwd,
+    triton_fwd_split,
+    triton_segments,
+)
 
 F64 = torch.float64
 GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "initial_state")
@@ -172,6 +180,19 @@ def test_forward_and_gradients_match_loop(t, dtype, rope, triton_calls):
     h, g = (4, 2) if t < 257 else (2, 1)
     args = make_inputs(2 if t < 257 else 1, t, h, g, 24, 20, dtype=dtype, rope=rope, seed=t + rope)
     check_against_loop(args, 32 if t < 257 else 64, triton_calls, dtype)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("split", [True, False])
+def test_rope_forward_forms_match_loop(monkeypatch, split, triton_calls):
+    """The forward's two RoPE forms at r 12 of n 20: rotated and plain channels as two tiles
+    (triton_fwd_split, the default where it fits) and one tile over all n (triton_fwd)."""
+    from wmzoo.kernels.ssd import triton_backend
+
+    monkeypatch.setattr(triton_backend, "SPLIT_ROPE_FORWARD", split)
+    assert (triton_backend._split_tiles(20, 6, triton_backend.MIN_TILE_CPU) is not None) == split
+    args = make_inputs(2, 65, 4, 2, 24, 20, dtype=torch.float16, rope=12, seed=11)
+    check_against_loop(args, 32, triton_calls, torch.float16)
 
 
 @pytest.mark.interpret
@@ -445,7 +466,7 @@ def test_gpu_deterministic_mode_repeats_bit_for_bit_without_autotuning(monkeypat
     caches stay empty) and two forward+backward passes give the same bits."""
     from wmzoo.kernels.autotune import autotune_choices
 
-    for module in (triton_fwd, triton_bwd, triton_segments):
+    for module in (triton_fwd, triton_fwd_split, triton_bwd, triton_segments):
         for kernel in vars(module).values():
             if isinstance(kernel, Autotuned):
                 monkeypatch.setattr(kernel.tuned, "cache", {})

@@ -147,17 +147,30 @@ def store_cols(ptr, row_stride, rows, row_mask, col0, width, value, BLOCK: tl.co
 def state_tile(k, head, H, P, N, offs_p, NB: tl.constexpr):
     """Offsets and mask of the (block of p) x n tile of state (k, head) in a (states, h, p, n)
     buffer."""
+    return state_cols_tile(k, head, H, P, N, offs_p, 0, N, NB)
+
+
+@triton.jit
+def state_cols_tile(k, head, H, P, N, offs_p, col0, width, NB: tl.constexpr):
+    """The same for channels [col0, col0 + width) of the state (a column part, NB wide)."""
     cols = tl.arange(0, NB)
-    offs = ((k.to(tl.int64) * H + head) * P + offs_p[:, None]) * N + cols[None, :]
-    return offs, (offs_p[:, None] < P) & (cols[None, :] < N)
+    offs = ((k.to(tl.int64) * H + head) * P + offs_p[:, None]) * N + col0 + cols[None, :]
+    return offs, (offs_p[:, None] < P) & (cols[None, :] < width)
 
 
 @triton.jit
 def load_state(ptr, k, head, H, P, N, offs_p, PRESENT: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr):
     """State k of a (states, h, p, n) fp32 buffer; zeros where the input is not PRESENT."""
+    return load_state_cols(ptr, k, head, H, P, N, offs_p, 0, N, PRESENT, BLOCK_P, NB)
+
+
+@triton.jit
+def load_state_cols(ptr, k, head, H, P, N, offs_p, col0, width, PRESENT: tl.constexpr,
+                    BLOCK_P: tl.constexpr, NB: tl.constexpr):
+    """Channels [col0, col0 + width) of state k (zeros where the input is not PRESENT)."""
     s = tl.zeros([BLOCK_P, NB], dtype=tl.float32)
     if PRESENT:
-        offs, mask = state_tile(k, head, H, P, N, offs_p, NB)
+        offs, mask = state_cols_tile(k, head, H, P, N, offs_p, col0, width, NB)
         s = tl.load(ptr + offs, mask=mask, other=0.0)
     return s
 
@@ -165,7 +178,13 @@ def load_state(ptr, k, head, H, P, N, offs_p, PRESENT: tl.constexpr, BLOCK_P: tl
 @triton.jit
 def store_state(ptr, k, head, H, P, N, offs_p, s, ok, NB: tl.constexpr):
     """Store state k where the scalar condition ``ok`` holds."""
-    offs, mask = state_tile(k, head, H, P, N, offs_p, NB)
+    store_state_cols(ptr, k, head, H, P, N, offs_p, 0, N, s, ok, NB)
+
+
+@triton.jit
+def store_state_cols(ptr, k, head, H, P, N, offs_p, col0, width, s, ok, NB: tl.constexpr):
+    """Store channels [col0, col0 + width) of state k where ``ok`` holds."""
+    offs, mask = state_cols_tile(k, head, H, P, N, offs_p, col0, width, NB)
     tl.store(ptr + offs, s, mask=mask & ok)
 
 
