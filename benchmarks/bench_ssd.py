@@ -224,14 +224,14 @@ def use_probed_configs(path):
     """Restrict the kernels' autotune configs to those ssd_probe_configs.py found correct."""
     import triton
 
-    from wmzoo.kernels.ssd import triton_bwd, triton_fwd, triton_fwd_split, triton_segments
+    from wmzoo.kernels.ssd import triton_bwd, triton_fwd, triton_segments
     with open(path) as fh:
         good = [tuple(map(int, k.split(","))) for k, ok in json.load(fh).items() if ok]
     RESULTS["configs"] = good
     print("configs that passed the probe (num_warps, num_stages):", good, flush=True)
     if not good:
         raise SystemExit("no config of the SSD kernels runs correctly here")
-    for kernel in (triton_fwd._ssd_fwd_kernel, triton_fwd_split._ssd_fwd_split_kernel, triton_bwd._ssd_bwd_forward_sweep, triton_bwd._ssd_bwd_chunk_local,
+    for kernel in (triton_fwd._ssd_fwd_kernel, triton_bwd._ssd_bwd_forward_sweep, triton_bwd._ssd_bwd_chunk_local,
                    triton_bwd._ssd_bwd_reverse_sweep,
                    triton_segments._ssd_segment_states, triton_segments._ssd_segment_dstates):
         kernel.tuned.configs = [triton.Config({}, num_warps=w, num_stages=s) for w, s in good]

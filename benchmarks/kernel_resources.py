@@ -104,16 +104,14 @@ def ssd_cases():
         _ssd_bwd_reverse_sweep,
     )
     from wmzoo.kernels.ssd.triton_fwd import _ssd_fwd_kernel
-    from wmzoo.kernels.ssd.triton_fwd_split import _ssd_fwd_split_kernel
 
     tiles = dict(Q=64, BLOCK_P=64, NB=128, DOT=1, HAS_CU=False)
     for rope in (False, True):
         tag = "RoPE" if rope else "no RoPE"
-        yield f"SSD forward, {tag}", _ssd_fwd_kernel, dict(tiles, ROPE=rope, HAS_D=True, HAS_H0=False, WRITE_FINAL=True)
+        fwd = dict(tiles, ROPE=rope, HAS_D=True, HAS_H0=False, WRITE_FINAL=True, PLAIN=False, PB=64)
+        yield f"SSD forward, {tag}", _ssd_fwd_kernel, fwd
         if rope:  # the library's forward at r 64 of n 128: rotated and plain channels as two tiles
-            split = {k: v for k, v in tiles.items() if k != "NB"}
-            yield "SSD forward, RoPE on 64 of 128 channels (split tiles)", _ssd_fwd_split_kernel, dict(
-                split, RB=64, PB=64, HAS_D=True, HAS_H0=False, WRITE_FINAL=True)
+            yield "SSD forward, RoPE on 64 of 128 channels (split tiles)", _ssd_fwd_kernel, dict(fwd, NB=64, PLAIN=True)
         yield f"SSD backward forward sweep, {tag}", _ssd_bwd_forward_sweep, dict(
             tiles, ROPE=rope, HAS_DFINAL=False, HAS_H0=False)
         if not rope:  # with RoPE the reverse sweep computes the in-chunk terms itself

@@ -26,11 +26,10 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from wmzoo.kernels.rope.reference import rope_tables  # noqa: E402
 from wmzoo.kernels.ssd import ssd  # noqa: E402
-from wmzoo.kernels.ssd import triton_bwd, triton_fwd, triton_fwd_split  # noqa: E402
+from wmzoo.kernels.ssd import triton_bwd, triton_fwd  # noqa: E402
 
 CONFIGS = [(4, 1), (8, 1), (4, 2), (8, 2)]
-KERNELS = {"fwd": triton_fwd._ssd_fwd_kernel, "fwd_split": triton_fwd_split._ssd_fwd_split_kernel,
-           "bwd_forward_sweep": triton_bwd._ssd_bwd_forward_sweep,
+KERNELS = {"fwd": triton_fwd._ssd_fwd_kernel, "bwd_forward_sweep": triton_bwd._ssd_bwd_forward_sweep,
            "bwd_chunk_local": triton_bwd._ssd_bwd_chunk_local, "bwd_reverse_sweep": triton_bwd._ssd_bwd_reverse_sweep}
 CALLS = 5
 

@@ -30,10 +30,9 @@ def run_one(case: str, warps: int, stages: int) -> None:
 
     from wmzoo.kernels.rope.reference import rope_tables
     from wmzoo.kernels.ssd import ssd, ssd_reference
-    from wmzoo.kernels.ssd import triton_bwd, triton_fwd, triton_fwd_split
+    from wmzoo.kernels.ssd import triton_bwd, triton_fwd
 
-    for kernel in (triton_fwd._ssd_fwd_kernel, triton_fwd_split._ssd_fwd_split_kernel, triton_bwd._ssd_bwd_forward_sweep,
-                   triton_bwd._ssd_bwd_reverse_sweep):
+    for kernel in (triton_fwd._ssd_fwd_kernel, triton_bwd._ssd_bwd_forward_sweep, triton_bwd._ssd_bwd_reverse_sweep):
         kernel.tuned.configs = [triton.Config({}, num_warps=warps, num_stages=stages)]
     b, t, h, p, n, g, r = CASES[case]
     dev = "cuda"

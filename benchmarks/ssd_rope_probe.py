@@ -11,7 +11,7 @@ compile, so one piece of the rotation is taken away at a time. Only ``rope`` and
 correct outputs (and ``rope_single``, ``prerotate``); the others are diagnostics, timed and never used:
 
 - ``rope``: the library's form: at r 64 of n 128 the rotated and the plain channels as two
-  tiles (triton_fwd_split), the rotated ones gathered as below;
+  tiles (triton_fwd, PLAIN), the rotated ones gathered as below;
 - ``rope_single``: one tile over all n, rotated where channel < r (triton_fwd, the library's
   form at r 64 until the fifteenth session); every diagnostic below patches this kernel.
   Partner channels and cos / sin rows are loaded per operand;

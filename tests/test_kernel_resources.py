@@ -40,12 +40,11 @@ def test_ssd_kernels_have_a_config_that_fits_the_h200_at_the_largest_tiles():
     from wmzoo.kernels.ssd.triton_backend import MAX_N, MAX_P
     from wmzoo.kernels.ssd.triton_bwd import _ssd_bwd_chunk_local, _ssd_bwd_forward_sweep, _ssd_bwd_reverse_sweep
     from wmzoo.kernels.ssd.triton_fwd import _ssd_fwd_kernel
-    from wmzoo.kernels.ssd.triton_fwd_split import _ssd_fwd_split_kernel
 
     tiles = {"Q": 64, "BLOCK_P": MAX_P, "NB": MAX_N, "DOT": 1, "HAS_CU": False, "ROPE": True}
-    split = {"Q": 64, "BLOCK_P": MAX_P, "RB": MAX_N // 2, "PB": MAX_N // 2, "DOT": 1, "HAS_CU": False}
-    cases = [(_ssd_fwd_kernel, {**tiles, "HAS_D": True, "HAS_H0": True, "WRITE_FINAL": True}),
-             (_ssd_fwd_split_kernel, {**split, "HAS_D": True, "HAS_H0": True, "WRITE_FINAL": True}),
+    fwd = {**tiles, "HAS_D": True, "HAS_H0": True, "WRITE_FINAL": True, "PLAIN": False, "PB": 64}
+    cases = [(_ssd_fwd_kernel, fwd),
+             (_ssd_fwd_kernel, {**fwd, "NB": MAX_N // 2, "PLAIN": True, "PB": MAX_N // 2}),  # split tiles
              (_ssd_bwd_forward_sweep, {**tiles, "HAS_DFINAL": True, "HAS_H0": True}),
              (_ssd_bwd_reverse_sweep, {**tiles, "HAS_DFINAL": True, "HAS_D": True, "LOCAL": False}),
              (_ssd_bwd_chunk_local, {**tiles, "ROPE": False})]  # launched only without RoPE

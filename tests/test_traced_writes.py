@@ -162,14 +162,12 @@ def test_ssd_kernels_are_seen_writing_their_outputs(hopper, monkeypatch):
     B, C = (torch.randn(b, t, g, n, dtype=torch.bfloat16) for _ in range(2))
     cos, sin = torch.rand(b, t, n // 4), torch.rand(b, t, n // 4)
     h0, dfinal = torch.randn(b, h, p, n), torch.randn(b, h, p, n)
-    backend.forward(x, dt, A, B, C, D, h0, None, cos, sin, 64)  # r = n / 2: the split-tile forward
-    backend.forward(x, dt, A, B, C, D, h0, None, None, None, 64)
+    backend.forward(x, dt, A, B, C, D, h0, None, cos, sin, 64)
     backend.backward(dy, dfinal, x, dt, A, B, C, D, h0, None, cos, sin, 64)
     # without RoPE the backward's in-chunk terms come from a kernel of their own
     backend.backward(dy, dfinal, x, dt, A, B, C, D, h0, None, None, None, 64)
     expected = {
         "_ssd_fwd_kernel": {"y_ptr", "final_ptr"},
-        "_ssd_fwd_split_kernel": {"y_ptr", "final_ptr"},
         "_ssd_bwd_forward_sweep": {"dC_ptr", "cdc_ptr", "dff_ptr"},
         "_ssd_bwd_chunk_local": {"dBl_ptr", "dxdl_ptr", "dgl_ptr"},
         "_ssd_bwd_reverse_sweep": {"dx_ptr", "ddt_ptr", "dB_ptr", "dA_ptr", "dD_ptr", "dh0_ptr"},

@@ -24,7 +24,7 @@ import os
 import torch
 import triton
 
-_MODULES = ("ssd.triton_fwd", "ssd.triton_fwd_split", "ssd.triton_bwd", "ssd.triton_segments", "dmattn.triton_fwd", "dmattn.triton_bwd")
+_MODULES = ("ssd.triton_fwd", "ssd.triton_bwd", "ssd.triton_segments", "dmattn.triton_fwd", "dmattn.triton_bwd")
 
 
 class Autotuned:

@@ -12,15 +12,7 @@ from conftest import assert_close
 
 from wmzoo.kernels.autotune import Autotuned
 from wmzoo.kernels.ssd import op as ssd_op
-from wmzoo.kernels.ssd import (
-    ssd,
-    ssd_reference,
-    ssd_step,
-    triton_bwd,
-    triton_fwd,
-    triton_fwd_split,
-    triton_segments,
-)
+from wmzoo.kernels.ssd import ssd, ssd_reference, ssd_step, triton_bwd, triton_fwd, triton_segments
 
 F64 = torch.float64
 GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "initial_state")
@@ -186,11 +178,12 @@ def test_forward_and_gradients_match_loop(t, dtype, rope, triton_calls):
 @pytest.mark.parametrize("split", [True, False])
 def test_rope_forward_forms_match_loop(monkeypatch, split, triton_calls):
     """The forward's two RoPE forms at r 12 of n 20: rotated and plain channels as two tiles
-    (triton_fwd_split, the default where it fits) and one tile over all n (triton_fwd)."""
+    (PLAIN, the default where it fits) and one tile over all n."""
     from wmzoo.kernels.ssd import triton_backend
 
     monkeypatch.setattr(triton_backend, "SPLIT_ROPE_FORWARD", split)
-    assert (triton_backend._split_tiles(20, 6, triton_backend.MIN_TILE_CPU) is not None) == split
+    tiles = triton_backend._forward_tiles({"NB": 32}, 20, 6, triton_backend.MIN_TILE_CPU)
+    assert tiles["PLAIN"] == split and tiles["NR"] == (12 if split else 20)
     args = make_inputs(2, 65, 4, 2, 24, 20, dtype=torch.float16, rope=12, seed=11)
     check_against_loop(args, 32, triton_calls, torch.float16)
 
@@ -466,7 +459,7 @@ def test_gpu_deterministic_mode_repeats_bit_for_bit_without_autotuning(monkeypat
     caches stay empty) and two forward+backward passes give the same bits."""
     from wmzoo.kernels.autotune import autotune_choices
 
-    for module in (triton_fwd, triton_fwd_split, triton_bwd, triton_segments):
+    for module in (triton_fwd, triton_bwd, triton_segments):
         for kernel in vars(module).values():
             if isinstance(kernel, Autotuned):
                 monkeypatch.setattr(kernel.tuned, "cache", {})

@@ -21,7 +21,6 @@ from ..registry import Unsupported, empty_like_none, launch
 from .triton_bwd import _ssd_bwd_chunk_local, _ssd_bwd_forward_sweep, _ssd_bwd_reverse_sweep
 from .triton_common import DOT_BF16, DOT_FP16, DOT_IEEE, _unrotate_kernel
 from .triton_fwd import _ssd_fwd_kernel
-from .triton_fwd_split import _ssd_fwd_split_kernel
 from .triton_segments import (
     _ssd_chain_dstates,
     _ssd_chain_states,
@@ -93,18 +92,20 @@ def _tiles(p: int, n: int, half: int, floor: int) -> dict:
     return dict(BLOCK_P=_pow2(p, floor), NB=_pow2(n, floor), ROPE=half > 0)
 
 
-# The forward takes triton_fwd_split's kernel (rotated and plain channels as two tiles) where
-# RoPE leaves channels plain and both parts' padded widths fit in one tile's (benchmarks'
-# ssd_rope_probe turns this off to time the single-tile form beside it).
+# The forward cuts B / C and the state into rotated and plain channel tiles (triton_fwd, PLAIN)
+# where RoPE leaves channels plain and both parts' padded widths fit in one tile's
+# (benchmarks/ssd_rope_probe.py turns this off to time the single-tile form beside it).
 SPLIT_ROPE_FORWARD = True
 
 
-def _split_tiles(n: int, half: int, floor: int) -> dict | None:
-    """Widths of the rotated and plain column tiles, or None where the split does not pay."""
-    if not SPLIT_ROPE_FORWARD or half == 0 or 2 * half >= n:
-        return None
-    rb, pb = _pow2(2 * half, floor), _pow2(n - 2 * half, floor)
-    return dict(RB=rb, PB=pb) if rb + pb <= _pow2(n, floor) else None
+def _forward_tiles(tiles: dict, n: int, half: int, floor: int) -> dict:
+    """The forward's column tiles: NR channels in the first tile (NB wide), the rest in a plain
+    one (PB wide) when PLAIN."""
+    if SPLIT_ROPE_FORWARD and 0 < 2 * half < n:
+        nb, pb = _pow2(2 * half, floor), _pow2(n - 2 * half, floor)
+        if nb + pb <= tiles["NB"]:
+            return dict(tiles, NB=nb, NR=2 * half, PLAIN=True, PB=pb)
+    return dict(tiles, NR=n, PLAIN=False, PB=floor)  # PB unused
 
 
 UNROTATE_BLOCK_T = 64
@@ -207,16 +208,13 @@ def forward(x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin, ch
     else:
         starts = initial_state.contiguous() if initial_state is not None else None
         final = x.new_empty(seqs, h, p, n, dtype=torch.float32)
-    split = _split_tiles(n, half, _min_tile(x))
-    kernel, tile_args = (_ssd_fwd_kernel, tiles) if split is None else (
-        _ssd_fwd_split_kernel, dict(BLOCK_P=tiles["BLOCK_P"], **split))
-    launch(kernel)[(seqs * segs, h, p_blocks)](
+    launch(_ssd_fwd_kernel)[(seqs * segs, h, p_blocks)](
         x, dt, A, B, C, A if D is None else D, A if starts is None else starts,
         A if cu_seqlens is None else cu_seqlens, cos, sin,
         y, final,
         t, h, g, p, n, half, segs,
         HAS_D=D is not None, HAS_H0=starts is not None, HAS_CU=cu_seqlens is not None,
-        WRITE_FINAL=segs == 1, Q=chunk_size, DOT=_dot(x), **tile_args,
+        WRITE_FINAL=segs == 1, Q=chunk_size, DOT=_dot(x), **_forward_tiles(tiles, n, half, _min_tile(x)),
     )
     return y, final
 

@@ -9,7 +9,17 @@ The state (p x n, fp32) stays in registers from chunk to chunk, so the chunk sta
 written to memory: the forward reads x, dt, B, C once and writes y and the final state. With
 segments (triton_segments), program (sequence x SEGS + segment) starts from its segment's state
 (passed as the initial states, one per segment) and the chain kernel writes the final state.
-B~ and C~ are rotated on load (triton_common.load_rotated); S is one p x n tile.
+B~ and C~ are rotated on load (triton_common.load_rotated); S is one p x n tile, or two (PLAIN):
+
+With RoPE on r < n channels the tiles can be cut at r: the rotated channels [0, NR = r) in
+the first tile, the plain ones [NR, n) in a second (PB wide), and the state the same way (S =
+[S_rot | S_plain]); every product over n is then the sum of the two parts' products:
+    C~ . B~ = C~_rot . B~_rot + C_plain . B_plain,   S C~ = S_rot C~_rot + S_plain C_plain.
+Why: on the GPU an elementwise step between a tile's load and its products costs about as much
+as the products (ssd.md run 15: the rotation's arithmetic alone on B and C takes the forward
+from 0.42 to 0.74 ms), and the rotated tiles' registers spill; cut, the rotation runs over the
+r rotated channels only and the plain ones go from their load into the products. Without PLAIN
+the first tile holds every channel (NR = n), rotated where channel < r.
 """
 
 from __future__ import annotations
@@ -24,10 +34,10 @@ from .triton_common import (
     configs,
     load_cols,
     load_rotated,
-    load_state,
+    load_state_cols,
     mm,
     program_chunks,
-    store_state,
+    store_state_cols,
 )
 
 
@@ -38,15 +48,16 @@ from .triton_common import (
 # session): compiled for sm_90a at the benchmark's tiles it spills 0.5 / 1.4 KB per thread
 # without / with RoPE against 1.7 / 4.8 KB, the fewest of the list (not timed; spills do not
 # rank configs by speed, dmattn.md run 6), and 128 KB of shared memory at the largest tiles.
-@autotuned(configs(((8, 1), (4, 2), (8, 2), (4, 3))), key=TILE_KEY + ["WRITE_FINAL"])
+@autotuned(configs(((8, 1), (4, 2), (8, 2), (4, 3))), key=TILE_KEY + ["PB", "PLAIN", "WRITE_FINAL"])
 @triton.jit
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
     y_ptr, final_ptr,
-    T, H, G, P, N, HALF, SEGS,
+    T, H, G, P, N, HALF, SEGS, NR,
     HAS_D: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr,
     ROPE: tl.constexpr, WRITE_FINAL: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
+    PLAIN: tl.constexpr, PB: tl.constexpr,
 ):
     k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
     head = tl.program_id(1)
@@ -58,7 +69,9 @@ def _ssd_fwd_kernel(
     p_mask = offs_p < P
     Bg = B_ptr + group * N
     Cg = C_ptr + group * N
-    s = load_state(h0_ptr, k, head, H, P, N, offs_p, HAS_H0, BLOCK_P, NB)
+    s = load_state_cols(h0_ptr, k, head, H, P, N, offs_p, 0, NR, HAS_H0, BLOCK_P, NB)
+    if PLAIN:
+        s_plain = load_state_cols(h0_ptr, k, head, H, P, N, offs_p, NR, N - NR, HAS_H0, BLOCK_P, PB)
     if HAS_D:
         skip = tl.load(D_ptr + head).to(tl.float32)
     causal = steps[:, None] >= steps[None, :]
@@ -70,10 +83,15 @@ def _ssd_fwd_kernel(
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, tl.program_id(2) * BLOCK_P, P - tl.program_id(2) * BLOCK_P, BLOCK_P)
         xd = x * dt[:, None]
-        b = load_rotated(Bg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
-        c_t = load_rotated(Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE)
+        b = load_rotated(Bg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE)
+        c_t = load_rotated(Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE)
         scores = mm(c_t, tl.trans(b), DOT)
         inter = mm(c_t, tl.trans(s), DOT)
+        if PLAIN:
+            b_plain = load_cols(Bg, G * N, rows, row_mask, NR, N - NR, PB)
+            c_plain = load_cols(Cg, G * N, rows, row_mask, NR, N - NR, PB)
+            scores += mm(c_plain, tl.trans(b_plain), DOT)
+            inter += mm(c_plain, tl.trans(s_plain), DOT)
         # The mask goes in before exp: above the diagonal Lam_t - Lam_s > 0 could overflow.
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))
         y = mm(scores * decay, xd, DOT) + tl.exp(lam)[:, None] * inter
@@ -83,6 +101,10 @@ def _ssd_fwd_kernel(
         tl.store(y_ptr + xy_off, y.to(y_ptr.dtype.element_ty), mask=row_mask[:, None] & p_mask[None, :])
         weighted = tl.trans(xd * tl.exp(lam_end - lam)[:, None])
         s = tl.exp(lam_end) * s + mm(weighted, b, DOT)
+        if PLAIN:
+            s_plain = tl.exp(lam_end) * s_plain + mm(weighted, b_plain, DOT)
 
     if WRITE_FINAL:
-        store_state(final_ptr, k, head, H, P, N, offs_p, s, True, NB)
+        store_state_cols(final_ptr, k, head, H, P, N, offs_p, 0, NR, s, True, NB)
+        if PLAIN:
+            store_state_cols(final_ptr, k, head, H, P, N, offs_p, NR, N - NR, s_plain, True, PB)
