@@ -105,19 +105,23 @@ def ssd_cases():
     )
     from wmzoo.kernels.ssd.triton_fwd import _ssd_fwd_kernel
 
-    tiles = dict(Q=64, BLOCK_P=64, NB=128, DOT=1, HAS_CU=False)
+    tiles = dict(Q=64, BLOCK_P=64, NB=128, DOT=1, HAS_CU=False, PLAIN=False, PB=64)
+    split = dict(NB=64, PLAIN=True)  # the library's tiles at r 64 of n 128: rotated and plain channels
     for rope in (False, True):
         tag = "RoPE" if rope else "no RoPE"
-        fwd = dict(tiles, ROPE=rope, HAS_D=True, HAS_H0=False, WRITE_FINAL=True, PLAIN=False, PB=64)
+        fwd = dict(tiles, ROPE=rope, HAS_D=True, HAS_H0=False, WRITE_FINAL=True)
+        sweep = dict(tiles, ROPE=rope, HAS_DFINAL=False, HAS_H0=False)
+        reverse = dict(tiles, ROPE=rope, LOCAL=not rope, HAS_DFINAL=False, HAS_D=True)
         yield f"SSD forward, {tag}", _ssd_fwd_kernel, fwd
-        if rope:  # the library's forward at r 64 of n 128: rotated and plain channels as two tiles
-            yield "SSD forward, RoPE on 64 of 128 channels (split tiles)", _ssd_fwd_kernel, dict(fwd, NB=64, PLAIN=True)
-        yield f"SSD backward forward sweep, {tag}", _ssd_bwd_forward_sweep, dict(
-            tiles, ROPE=rope, HAS_DFINAL=False, HAS_H0=False)
+        yield f"SSD backward forward sweep, {tag}", _ssd_bwd_forward_sweep, sweep
         if not rope:  # with RoPE the reverse sweep computes the in-chunk terms itself
-            yield f"SSD backward chunk-local terms, {tag}", _ssd_bwd_chunk_local, dict(tiles, ROPE=rope)
-        yield f"SSD backward reverse sweep, {tag}", _ssd_bwd_reverse_sweep, dict(
-            tiles, ROPE=rope, LOCAL=not rope, HAS_DFINAL=False, HAS_D=True)
+            yield f"SSD backward chunk-local terms, {tag}", _ssd_bwd_chunk_local, dict(
+                {k: v for k, v in tiles.items() if k not in ("PLAIN", "PB")}, ROPE=rope)
+        yield f"SSD backward reverse sweep, {tag}", _ssd_bwd_reverse_sweep, reverse
+        if rope:
+            yield "SSD forward, RoPE 64 of 128, split tiles", _ssd_fwd_kernel, dict(fwd, **split)
+            yield "SSD backward forward sweep, RoPE 64 of 128, split tiles", _ssd_bwd_forward_sweep, dict(sweep, **split)
+            yield "SSD backward reverse sweep, RoPE 64 of 128, split tiles", _ssd_bwd_reverse_sweep, dict(reverse, **split)
 
 
 def dmattn_cases():

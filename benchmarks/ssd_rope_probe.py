@@ -118,8 +118,8 @@ def _forward_with(b_fn: str, c_fn: str):
 
 
 def run_variant(name: str, train: bool = False) -> dict:
-    if name not in ("none", "rope", "prerotate"):  # the single-tile kernel and its diagnostics
-        triton_backend.SPLIT_ROPE_FORWARD = False
+    if name not in ("none", "rope", "prerotate"):  # the single-tile kernels and their diagnostics
+        triton_backend.SPLIT_ROPE_FORWARD = triton_backend.SPLIT_ROPE_BACKWARD = False
     if name in ("fma_b_only", "fma_c_only"):
         b_fn, c_fn = ("_fma_only", "_plain") if name == "fma_b_only" else ("_plain", "_fma_only")
         triton_backend._ssd_fwd_kernel = _forward_with(b_fn, c_fn)

@@ -34,19 +34,24 @@ def test_ssd_kernels_have_a_config_that_fits_the_h200_at_the_largest_tiles():
     one that fits: at the largest tiles the op takes (p 128, n 256, RoPE on) the first config
     of the SSD chunk kernels (one pipeline stage) must fit the H200's 227 KB. An earlier RoPE
     load form failed this at n 128 on the H200 in every config (docs/benchmarks/ssd.md run 8).
-    The forward, the two sweeps and the backward's chunk-local kernel (first configs measured at
-    128, 112, 144 and 112 KB); the segment kernels' first configs need 64 KB and are left out to
-    keep this test to about three minutes (2 cores, no Triton cache)."""
+    The forward, the two sweeps (each also with split rotated / plain tiles) and the backward's
+    chunk-local kernel (first configs measured at 128, 112, 144 and 112 KB); the segment kernels'
+    first configs need 64 KB and are left out to keep this test to about four minutes (2 cores,
+    no Triton cache)."""
     from wmzoo.kernels.ssd.triton_backend import MAX_N, MAX_P
     from wmzoo.kernels.ssd.triton_bwd import _ssd_bwd_chunk_local, _ssd_bwd_forward_sweep, _ssd_bwd_reverse_sweep
     from wmzoo.kernels.ssd.triton_fwd import _ssd_fwd_kernel
 
     tiles = {"Q": 64, "BLOCK_P": MAX_P, "NB": MAX_N, "DOT": 1, "HAS_CU": False, "ROPE": True}
     fwd = {**tiles, "HAS_D": True, "HAS_H0": True, "WRITE_FINAL": True, "PLAIN": False, "PB": 64}
+    split = {"NB": MAX_N // 2, "PLAIN": True, "PB": MAX_N // 2}  # RoPE on half the channels: two tiles
     cases = [(_ssd_fwd_kernel, fwd),
-             (_ssd_fwd_kernel, {**fwd, "NB": MAX_N // 2, "PLAIN": True, "PB": MAX_N // 2}),  # split tiles
-             (_ssd_bwd_forward_sweep, {**tiles, "HAS_DFINAL": True, "HAS_H0": True}),
-             (_ssd_bwd_reverse_sweep, {**tiles, "HAS_DFINAL": True, "HAS_D": True, "LOCAL": False}),
+             (_ssd_fwd_kernel, {**fwd, **split}),
+             (_ssd_bwd_forward_sweep, {**tiles, "HAS_DFINAL": True, "HAS_H0": True, "PLAIN": False, "PB": 64}),
+             (_ssd_bwd_reverse_sweep, {**tiles, "HAS_DFINAL": True, "HAS_D": True, "LOCAL": False, "PLAIN": False,
+                                       "PB": 64}),
+             (_ssd_bwd_forward_sweep, {**tiles, "HAS_DFINAL": True, "HAS_H0": True, **split}),
+             (_ssd_bwd_reverse_sweep, {**tiles, "HAS_DFINAL": True, "HAS_D": True, "LOCAL": False, **split}),
              (_ssd_bwd_chunk_local, {**tiles, "ROPE": False})]  # launched only without RoPE
     for kernel, consts in cases:
         first = types.SimpleNamespace(fn=kernel.fn, configs=kernel.configs[:1])

@@ -176,13 +176,14 @@ def test_forward_and_gradients_match_loop(t, dtype, rope, triton_calls):
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("split", [True, False])
-def test_rope_forward_forms_match_loop(monkeypatch, split, triton_calls):
-    """The forward's two RoPE forms at r 12 of n 20: rotated and plain channels as two tiles
-    (PLAIN, the default where it fits) and one tile over all n."""
+def test_rope_split_tiles_match_loop(monkeypatch, split, triton_calls):
+    """The kernels' two RoPE forms at r 12 of n 20, forward and backward: rotated and plain
+    channels as two tiles (PLAIN, the default where it fits) and one tile over all n."""
     from wmzoo.kernels.ssd import triton_backend
 
     monkeypatch.setattr(triton_backend, "SPLIT_ROPE_FORWARD", split)
-    tiles = triton_backend._forward_tiles({"NB": 32}, 20, 6, triton_backend.MIN_TILE_CPU)
+    monkeypatch.setattr(triton_backend, "SPLIT_ROPE_BACKWARD", split)
+    tiles = triton_backend._rope_tiles({"NB": 32}, 20, 6, triton_backend.MIN_TILE_CPU, split)
     assert tiles["PLAIN"] == split and tiles["NR"] == (12 if split else 20)
     args = make_inputs(2, 65, 4, 2, 24, 20, dtype=torch.float16, rope=12, seed=11)
     check_against_loop(args, 32, triton_calls, torch.float16)

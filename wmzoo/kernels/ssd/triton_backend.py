@@ -92,16 +92,18 @@ def _tiles(p: int, n: int, half: int, floor: int) -> dict:
     return dict(BLOCK_P=_pow2(p, floor), NB=_pow2(n, floor), ROPE=half > 0)
 
 
-# The forward cuts B / C and the state into rotated and plain channel tiles (triton_fwd, PLAIN)
-# where RoPE leaves channels plain and both parts' padded widths fit in one tile's
-# (benchmarks/ssd_rope_probe.py turns this off to time the single-tile form beside it).
+# The forward and the backward's sweeps cut B / C and the state into rotated and plain channel
+# tiles (PLAIN, triton_fwd) where RoPE leaves channels plain and both parts' padded widths fit in
+# one tile's (benchmarks/ssd_rope_probe.py turns these off to time the single-tile form beside
+# them; the reverse sweep takes the cut only when it computes the in-chunk terms itself).
 SPLIT_ROPE_FORWARD = True
+SPLIT_ROPE_BACKWARD = True
 
 
-def _forward_tiles(tiles: dict, n: int, half: int, floor: int) -> dict:
-    """The forward's column tiles: NR channels in the first tile (NB wide), the rest in a plain
+def _rope_tiles(tiles: dict, n: int, half: int, floor: int, split: bool) -> dict:
+    """A kernel's column tiles: NR channels in the first tile (NB wide), the rest in a plain
     one (PB wide) when PLAIN."""
-    if SPLIT_ROPE_FORWARD and 0 < 2 * half < n:
+    if split and 0 < 2 * half < n:
         nb, pb = _pow2(2 * half, floor), _pow2(n - 2 * half, floor)
         if nb + pb <= tiles["NB"]:
             return dict(tiles, NB=nb, NR=2 * half, PLAIN=True, PB=pb)
@@ -214,7 +216,8 @@ def forward(x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin, ch
         y, final,
         t, h, g, p, n, half, segs,
         HAS_D=D is not None, HAS_H0=starts is not None, HAS_CU=cu_seqlens is not None,
-        WRITE_FINAL=segs == 1, Q=chunk_size, DOT=_dot(x), **_forward_tiles(tiles, n, half, _min_tile(x)),
+        WRITE_FINAL=segs == 1, Q=chunk_size, DOT=_dot(x),
+        **_rope_tiles(tiles, n, half, _min_tile(x), SPLIT_ROPE_FORWARD),
     )
     return y, final
 
@@ -280,7 +283,7 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
         dC_heads, c_dc, d_final,
         t, h, g, p, n, half, segs,
         HAS_DFINAL=segs == 1 and ends is not None, HAS_H0=starts is not None, HAS_CU=varlen,
-        **common,
+        Q=chunk_size, DOT=_dot(x), **_rope_tiles(tiles, n, half, _min_tile(x), SPLIT_ROPE_BACKWARD),
     )
 
     dx = _output(x, varlen)
@@ -314,7 +317,7 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
         dx, ddt, dB_heads, dA_part, dD_part, dh0,
         t, h, g, p, n, half, segs,
         HAS_DFINAL=ends is not None, HAS_D=D is not None, HAS_CU=varlen, LOCAL=split,
-        **common,
+        Q=chunk_size, DOT=_dot(x), **_rope_tiles(tiles, n, half, _min_tile(x), SPLIT_ROPE_BACKWARD and not split),
     )
 
     dA = dA_part.sum(0).to(A.dtype)

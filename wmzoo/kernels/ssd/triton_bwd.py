@@ -23,7 +23,9 @@ only through exp(G_t - G_s) and exp(G_t) factors, which gives
 so d a_s = sum_{t>=s} dL/dG_t, a reverse cumsum the reverse sweep carries across chunks; then
 ddt_s = x_s . dxd_s + A d a_s and dA = sum_s dt_s d a_s. The kernels write dB~ and dC~ (per
 head); the backend sums the heads of a group when g < h and then applies RoPE's transpose
-(triton_common._unrotate_kernel). B~, C~ and the states are single n-wide tiles as in triton_fwd.
+(triton_common._unrotate_kernel). B~, C~ and the states are n-wide tiles, or with PLAIN cut
+into rotated channels [0, NR) and plain ones [NR, n) as in triton_fwd: every product over n is
+then the sum of the two parts' products, and the plain parts go from their loads into them.
 
 Precision of dA: the per-token dL/dG_t are large and cancel over the sequence (every pair of
 tokens enters once with + and once with -), and dA sums them all, so each pair must be the same
@@ -47,14 +49,14 @@ from .triton_common import (
     configs,
     load_cols,
     load_rotated,
-    load_state,
+    load_state_cols,
     mm,
     mm_split_a,
     mm_split_b,
     operand,
     program_chunks,
     store_cols,
-    store_state,
+    store_state_cols,
 )
 
 
@@ -72,17 +74,23 @@ def rotated_operands(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HA
 
 
 @triton.jit
-def in_chunk_terms(x, dy, dt, lam, b, c_t, causal_t, DOT: tl.constexpr):
+def in_chunk_terms(x, dy, dt, lam, b, c_t, b_plain, c_plain, causal_t, DOT: tl.constexpr, PLAIN: tl.constexpr):
     """The reverse sweep's in-chunk terms of one chunk (no state needed), fp32: dB~ and dxd
     through the chunk's own tokens, and W's column sums minus row sums (dL/dG's in-chunk part),
     with W[t, s] = (dy_t . xd_s)(C~_t . B~_s) decay_ts, all fp32: row sums minus column sums of
     the same matrix, so its pairs cancel exactly in dA. Every [s, t] matrix is built in that
-    orientation, operands swapped rather than results transposed (ssd.md run 11)."""
+    orientation, operands swapped rather than results transposed (ssd.md run 11). With PLAIN
+    the plain channels' part of dB~ comes fourth (the third, unused, otherwise)."""
     decay_t = tl.exp(tl.where(causal_t, lam[None, :] - lam[:, None], float("-inf")))  # [s, t]
     dyxd_t = mm(x, tl.trans(dy), DOT) * (dt[:, None] * decay_t)  # [s, t] = (dy_t . xd_s) decay
     scores_t = mm(b, tl.trans(c_t), DOT)  # [s, t] = B~_s . C~_t
+    db_plain = 0.0
+    if PLAIN:
+        scores_t += mm(b_plain, tl.trans(c_plain), DOT)
+        db_plain = mm(dyxd_t, c_plain, DOT)
     w_t = dyxd_t * scores_t  # W^T [s, t]
-    return mm(dyxd_t, c_t, DOT), mm(scores_t * decay_t, dy, DOT), tl.sum(w_t, axis=0) - tl.sum(w_t, axis=1)
+    return (mm(dyxd_t, c_t, DOT), mm(scores_t * decay_t, dy, DOT), tl.sum(w_t, axis=0) - tl.sum(w_t, axis=1),
+            db_plain)
 
 
 @autotuned(configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
@@ -90,10 +98,11 @@ def in_chunk_terms(x, dy, dt, lam, b, c_t, causal_t, DOT: tl.constexpr):
 def _ssd_bwd_forward_sweep(
     dy_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
     dC_ptr, cdc_ptr, dff_ptr,
-    T, H, G, P, N, HALF, SEGS,
+    T, H, G, P, N, HALF, SEGS, NR,
     HAS_DFINAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr,
     ROPE: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
+    PLAIN: tl.constexpr, PB: tl.constexpr,
 ):
     k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
     head = tl.program_id(1)
@@ -105,7 +114,9 @@ def _ssd_bwd_forward_sweep(
     Bg = B_ptr + group * N
     Cg = C_ptr + group * N
     dCh = dC_ptr + head * N  # dC~ per head: (tokens, h, n)
-    s = load_state(h0_ptr, k, head, H, P, N, offs_p, HAS_H0, BLOCK_P, NB)
+    s = load_state_cols(h0_ptr, k, head, H, P, N, offs_p, 0, NR, HAS_H0, BLOCK_P, NB)
+    if PLAIN:
+        s_plain = load_state_cols(h0_ptr, k, head, H, P, N, offs_p, NR, N - NR, HAS_H0, BLOCK_P, PB)
     causal = steps[:, None] >= steps[None, :]
 
     for c in range(c0, c1):
@@ -117,18 +128,30 @@ def _ssd_bwd_forward_sweep(
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))
         dyxd = mm(dy, tl.trans(x), DOT) * (dt[None, :] * decay)  # [t, s]; x, dy exact operands
-        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
+        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE, DOT)
         st = tl.exp(lam)[:, None] * mm_split_b(dy, s, DOT)
         dc = mm(dyxd, b, DOT) + st
         # C~ . dC~ through the state only (see module doc)
-        tl.store(cdc_ptr + rows * H + head, tl.sum(c_t * st, axis=1), mask=row_mask)
-        store_cols(dCh, H * N, rows, row_mask, 0, N, dc, NB)
+        cdc = tl.sum(c_t * st, axis=1)
+        store_cols(dCh, H * N, rows, row_mask, 0, NR, dc, NB)
         weighted = tl.trans(xd * tl.exp(lam_end - lam)[:, None])
         s = tl.exp(lam_end) * s + mm_split_a(weighted, b, DOT)
+        if PLAIN:  # the plain channels: loads exact in the half type
+            b_plain = load_cols(Bg, G * N, rows, row_mask, NR, N - NR, PB)
+            c_plain = load_cols(Cg, G * N, rows, row_mask, NR, N - NR, PB)
+            st_plain = tl.exp(lam)[:, None] * mm_split_b(dy, s_plain, DOT)
+            cdc += tl.sum(c_plain * st_plain, axis=1)
+            store_cols(dCh, H * N, rows, row_mask, NR, N - NR, mm(dyxd, b_plain, DOT) + st_plain, PB)
+            s_plain = tl.exp(lam_end) * s_plain + mm_split_a(weighted, b_plain, DOT)
+        tl.store(cdc_ptr + rows * H + head, cdc, mask=row_mask)
 
     # <dfinal, final>: the final state's term of dL/dG, at the last token.
-    f = load_state(dfinal_ptr, k, head, H, P, N, offs_p, HAS_DFINAL, BLOCK_P, NB)
-    tl.store(dff_ptr + k * H + head, tl.sum(tl.sum(f * s, axis=1), axis=0))
+    f = load_state_cols(dfinal_ptr, k, head, H, P, N, offs_p, 0, NR, HAS_DFINAL, BLOCK_P, NB)
+    dff = tl.sum(tl.sum(f * s, axis=1), axis=0)
+    if PLAIN:
+        f = load_state_cols(dfinal_ptr, k, head, H, P, N, offs_p, NR, N - NR, HAS_DFINAL, BLOCK_P, PB)
+        dff += tl.sum(tl.sum(f * s_plain, axis=1), axis=0)
+    tl.store(dff_ptr + k * H + head, dff)
 
 
 @autotuned(configs(((4, 1), (4, 2), (8, 1))), key=TILE_KEY)
@@ -159,7 +182,7 @@ def _ssd_bwd_chunk_local(
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
-        db_in, dxd_in, dg_in = in_chunk_terms(x, dy, dt, lam, b, c_t, causal_t, DOT)
+        db_in, dxd_in, dg_in, _ = in_chunk_terms(x, dy, dt, lam, b, c_t, b, c_t, causal_t, DOT, False)
         store_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, N, db_in, NB)
         store_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, dxd_in, BLOCK_P)
         tl.store(dgl_ptr + rows * H + head, dg_in, mask=row_mask)
@@ -171,13 +194,16 @@ def _ssd_bwd_reverse_sweep(
     dy_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, cu_ptr, cos_ptr, sin_ptr,
     cdc_ptr, dff_ptr, dBl_ptr, dxdl_ptr, dgl_ptr,
     dx_ptr, ddt_ptr, dB_ptr, dA_ptr, dD_ptr, dh0_ptr,
-    T, H, G, P, N, HALF, SEGS,
+    T, H, G, P, N, HALF, SEGS, NR,
     HAS_DFINAL: tl.constexpr, HAS_D: tl.constexpr, HAS_CU: tl.constexpr,
     ROPE: tl.constexpr, LOCAL: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
+    PLAIN: tl.constexpr, PB: tl.constexpr,
 ):
     """LOCAL: the in-chunk terms come from _ssd_bwd_chunk_local's buffers; otherwise this
-    kernel computes them (with RoPE: one kernel fewer rotating B and C, see the backend)."""
+    kernel computes them (with RoPE: one kernel fewer rotating B and C, see the backend).
+    PLAIN only without LOCAL (the local buffers are n-wide tiles)."""
+    tl.static_assert(not (LOCAL and PLAIN))
     k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
     head = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_P)
@@ -189,7 +215,9 @@ def _ssd_bwd_reverse_sweep(
     Cg = C_ptr + group * N
     dBh = dB_ptr + head * N  # dB~ per head: (tokens, h, n)
     causal_t = steps[:, None] <= steps[None, :]  # [s, t]: t >= s (when not LOCAL)
-    ds = load_state(dfinal_ptr, k, head, H, P, N, offs_p, HAS_DFINAL, BLOCK_P, NB)
+    ds = load_state_cols(dfinal_ptr, k, head, H, P, N, offs_p, 0, NR, HAS_DFINAL, BLOCK_P, NB)
+    if PLAIN:
+        ds_plain = load_state_cols(dfinal_ptr, k, head, H, P, N, offs_p, NR, N - NR, HAS_DFINAL, BLOCK_P, PB)
     if HAS_D:
         skip = tl.load(D_ptr + head).to(tl.float32)
     # d a_s = sum over t >= s of dL/dG_t; the final state's term sits at the last token. What
@@ -206,10 +234,18 @@ def _ssd_bwd_reverse_sweep(
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         to_end = tl.exp(lam_end - lam)[:, None]
         dt_to_end = dt[:, None] * to_end  # xd dS = dt (x dS): x is exact in the half type
-        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
+        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE, DOT)
         from_state = mm(b, tl.trans(ds), DOT)  # dS B~_s, for dxd
         sb = dt_to_end * mm_split_b(x, ds, DOT)
         b_db = tl.sum(b * sb, axis=1)
+        b_plain = b  # (unused without PLAIN)
+        c_plain = c_t
+        if PLAIN:  # the plain channels: loads exact in the half type
+            b_plain = load_cols(Bg, G * N, rows, row_mask, NR, N - NR, PB)
+            c_plain = load_cols(Cg, G * N, rows, row_mask, NR, N - NR, PB)
+            from_state += mm(b_plain, tl.trans(ds_plain), DOT)
+            sb_plain = dt_to_end * mm_split_b(x, ds_plain, DOT)
+            b_db += tl.sum(b_plain * sb_plain, axis=1)
         dG = tl.load(cdc_ptr + rows * H + head, mask=row_mask, other=0.0) - b_db
         # plus the in-chunk terms: loaded (LOCAL: _ssd_bwd_chunk_local wrote them) or computed here
         if LOCAL:
@@ -217,9 +253,12 @@ def _ssd_bwd_reverse_sweep(
             dxd = load_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
             dG += tl.load(dgl_ptr + rows * H + head, mask=row_mask, other=0.0)
         else:
-            db_in, dxd, dg_in = in_chunk_terms(x, dy, dt, lam, b, c_t, causal_t, DOT)
+            db_in, dxd, dg_in, db_in_plain = in_chunk_terms(x, dy, dt, lam, b, c_t, b_plain, c_plain, causal_t,
+                                                            DOT, PLAIN)
             dG += dg_in
-        store_cols(dBh, H * N, rows, row_mask, 0, N, db_in + sb, NB)
+        store_cols(dBh, H * N, rows, row_mask, 0, NR, db_in + sb, NB)
+        if PLAIN:
+            store_cols(dBh, H * N, rows, row_mask, NR, N - NR, db_in_plain + sb_plain, PB)
         dxd += to_end * from_state
         da = da_carry + tl.cumsum(dG, axis=0, reverse=True)
         da_carry += tl.sum(dG, axis=0)
@@ -234,9 +273,13 @@ def _ssd_bwd_reverse_sweep(
         # dS entering this chunk: decayed through it, plus what its outputs read from it.
         weighted = tl.trans(dy * tl.exp(lam)[:, None])
         ds = tl.exp(lam_end) * ds + mm_split_a(weighted, c_t, DOT)
+        if PLAIN:
+            ds_plain = tl.exp(lam_end) * ds_plain + mm_split_a(weighted, c_plain, DOT)
 
     # dS at the sequence start = d initial_state, from the first segment's program
-    store_state(dh0_ptr, k // SEGS, head, H, P, N, offs_p, ds, k % SEGS == 0, NB)
+    store_state_cols(dh0_ptr, k // SEGS, head, H, P, N, offs_p, 0, NR, ds, k % SEGS == 0, NB)
+    if PLAIN:
+        store_state_cols(dh0_ptr, k // SEGS, head, H, P, N, offs_p, NR, N - NR, ds_plain, k % SEGS == 0, PB)
     # Per-(sequence, head) partial sums; the backend adds them up (deterministic, no atomics).
     tl.store(dA_ptr + k * H + head, dA_acc)
     tl.store(dD_ptr + k * H + head, dD_acc)
