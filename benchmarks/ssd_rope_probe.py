@@ -12,8 +12,11 @@ correct outputs (and ``rope_single``, ``prerotate``); the others are diagnostics
 
 - ``rope``: the library's form: at r 64 of n 128 the rotated and the plain channels as two
   tiles (triton_fwd, PLAIN), the rotated ones gathered as below;
+- ``rope_split_bwd`` (with ``--train``): ``rope`` with the backward's sweeps cut the same way
+  (triton_backend.SPLIT_ROPE_BACKWARD, off until timed);
 - ``rope_single``: one tile over all n, rotated where channel < r (triton_fwd, the library's
-  form at r 64 until the fifteenth session); every diagnostic below patches this kernel.
+  form at r 64 until the fifteenth session), forward and backward; every diagnostic below
+  patches this kernel.
   Partner channels and cos / sin rows are loaded per operand;
 - ``none``: no rotation (the RoPE-free kernel);
 - ``const_tables``: partner channels loaded, cos / sin constants: what the table loads cost;
@@ -61,7 +64,7 @@ from patched_module import patched_copy  # noqa: E402  (benchmarks/, the script'
 
 VARIANTS = ("none", "rope", "rope_single", "const_tables", "no_partner", "fma_only", "fma_b_only", "fma_c_only",
             "prerotate")
-TRAIN_VARIANTS = ("none", "rope", "rope_single", "prerotate")  # the others patch the forward alone
+TRAIN_VARIANTS = ("none", "rope", "rope_split_bwd", "rope_single", "prerotate")  # the others patch the forward
 SHAPE = (4, 4096, 64, 64, 128, 64)  # B, T, H, P, N, G: bench_ssd's main shape
 ROPE_DIM = 64
 
@@ -118,7 +121,9 @@ def _forward_with(b_fn: str, c_fn: str):
 
 
 def run_variant(name: str, train: bool = False) -> dict:
-    if name not in ("none", "rope", "prerotate"):  # the single-tile kernels and their diagnostics
+    if name == "rope_split_bwd":
+        triton_backend.SPLIT_ROPE_BACKWARD = True
+    elif name not in ("none", "rope", "prerotate"):  # the single-tile kernels and their diagnostics
         triton_backend.SPLIT_ROPE_FORWARD = triton_backend.SPLIT_ROPE_BACKWARD = False
     if name in ("fma_b_only", "fma_c_only"):
         b_fn, c_fn = ("_fma_only", "_plain") if name == "fma_b_only" else ("_plain", "_fma_only")
@@ -145,23 +150,27 @@ def run_variant(name: str, train: bool = False) -> dict:
     if train:  # forward and backward: gradients w.r.t. x, dt, B, C
         for z in (x, dt, B, C):
             z.requires_grad_(True)
-        dy = torch.randn_like(x)
+        dy = torch.randn(x.shape, device=dev, generator=gen).to(x.dtype)
 
     def call():
         if name == "prerotate":
             return ssd(x, dt, A, rotate(B, cos, sin), rotate(C, cos, sin), chunk_size=chunk)
         return ssd(x, dt, A, B, C, chunk_size=chunk, rope_cos=cos, rope_sin=sin)
 
+    grads = []
+
     def fwd():
         if train:
             y = call()
-            torch.autograd.grad(y, (x, dt, B, C), dy)
+            grads[:] = torch.autograd.grad(y, (x, dt, B, C), dy)
             return y
         with torch.no_grad():
             return call()
 
     y = fwd()
     result = {"sum": round(float(y.detach().float().sum()), 4)}
+    if train:  # the gradients' sums too: variants of one function must agree on them
+        result["grad_sums"] = [round(float(g.float().sum()), 3) for g in grads]
     if dev == "cuda":
         result["ms"] = round(triton.testing.do_bench(fwd, warmup=25, rep=100, return_mode="median"), 4)
     return result
@@ -169,7 +178,7 @@ def run_variant(name: str, train: bool = False) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", choices=VARIANTS)
+    ap.add_argument("--variant", choices=VARIANTS + ("rope_split_bwd",))
     ap.add_argument("--out", help="directory for rope_probe.json (with --variant unset: every variant)")
     ap.add_argument("--train", action="store_true", help="time forward and backward (none, rope, rope_single, "
                     "prerotate), not the forward alone")

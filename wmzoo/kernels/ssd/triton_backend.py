@@ -92,12 +92,14 @@ def _tiles(p: int, n: int, half: int, floor: int) -> dict:
     return dict(BLOCK_P=_pow2(p, floor), NB=_pow2(n, floor), ROPE=half > 0)
 
 
-# The forward and the backward's sweeps cut B / C and the state into rotated and plain channel
-# tiles (PLAIN, triton_fwd) where RoPE leaves channels plain and both parts' padded widths fit in
-# one tile's (benchmarks/ssd_rope_probe.py turns these off to time the single-tile form beside
-# them; the reverse sweep takes the cut only when it computes the in-chunk terms itself).
+# The forward and the backward's sweeps can cut B / C and the state into rotated and plain
+# channel tiles (PLAIN, triton_fwd) where RoPE leaves channels plain and both parts' padded
+# widths fit in one tile's (the reverse sweep only where it computes the in-chunk terms itself).
+# The forward does (predicted 1.23 -> 0.70-0.85 ms at the benchmark's shape, ssd.md run 15);
+# the sweeps' cut, whose spill counts moved both ways, waits for its timing:
+# benchmarks/ssd_rope_probe.py --train times rope / rope_split_bwd / rope_single side by side.
 SPLIT_ROPE_FORWARD = True
-SPLIT_ROPE_BACKWARD = True
+SPLIT_ROPE_BACKWARD = False
 
 
 def _rope_tiles(tiles: dict, n: int, half: int, floor: int, split: bool) -> dict:
