@@ -109,7 +109,7 @@ def ssd_cases():
     split = dict(NB=64, PLAIN=True)  # the library's tiles at r 64 of n 128: rotated and plain channels
     for rope in (False, True):
         tag = "RoPE" if rope else "no RoPE"
-        fwd = dict(tiles, ROPE=rope, HAS_D=True, HAS_H0=False, WRITE_FINAL=True)
+        fwd = dict(tiles, ROPE=rope, HAS_D=True, HAS_H0=False, WRITE_FINAL=True, PAIRED=False)
         sweep = dict(tiles, ROPE=rope, HAS_DFINAL=False, HAS_H0=False)
         reverse = dict(tiles, ROPE=rope, LOCAL=not rope, HAS_DFINAL=False, HAS_D=True)
         yield f"SSD forward, {tag}", _ssd_fwd_kernel, fwd
@@ -120,6 +120,7 @@ def ssd_cases():
         yield f"SSD backward reverse sweep, {tag}", _ssd_bwd_reverse_sweep, reverse
         if rope:
             yield "SSD forward, RoPE 64 of 128, split tiles", _ssd_fwd_kernel, dict(fwd, **split)
+            yield "SSD forward, RoPE 128 of 128, paired halves", _ssd_fwd_kernel, dict(fwd, **split, PAIRED=True)
             yield "SSD backward forward sweep, RoPE 64 of 128, split tiles", _ssd_bwd_forward_sweep, dict(sweep, **split)
             yield "SSD backward reverse sweep, RoPE 64 of 128, split tiles", _ssd_bwd_reverse_sweep, dict(reverse, **split)
 

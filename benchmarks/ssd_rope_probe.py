@@ -14,6 +14,9 @@ correct outputs (and ``rope_single``, ``prerotate``); the others are diagnostics
   tiles (triton_fwd, PLAIN), the rotated ones gathered as below;
 - ``rope_split_bwd`` (with ``--train``): ``rope`` with the backward's sweeps cut the same way
   (triton_backend.SPLIT_ROPE_BACKWARD, off until timed);
+- ``rope_full_paired`` / ``rope_full``: RoPE on every channel (r = n = 128, the SSD block's
+  default), the forward cut into the two halves that turn against each other (the library's
+  form, triton_backend.PAIRED_ROPE_FORWARD) / gathered in one tile as in ``rope_single``;
 - ``rope_single``: one tile over all n, rotated where channel < r (triton_fwd, the library's
   form at r 64 until the fifteenth session), forward and backward; every diagnostic below
   patches this kernel.
@@ -63,7 +66,7 @@ from wmzoo.kernels.ssd.triton_common import load_cols  # noqa: E402
 from patched_module import patched_copy  # noqa: E402  (benchmarks/, the script's own folder)
 
 VARIANTS = ("none", "rope", "rope_single", "const_tables", "no_partner", "fma_only", "fma_b_only", "fma_c_only",
-            "prerotate")
+            "prerotate", "rope_full", "rope_full_paired")
 TRAIN_VARIANTS = ("none", "rope", "rope_split_bwd", "rope_single", "prerotate")  # the others patch the forward
 SHAPE = (4, 4096, 64, 64, 128, 64)  # B, T, H, P, N, G: bench_ssd's main shape
 ROPE_DIM = 64
@@ -123,8 +126,11 @@ def _forward_with(b_fn: str, c_fn: str):
 def run_variant(name: str, train: bool = False) -> dict:
     if name == "rope_split_bwd":
         triton_backend.SPLIT_ROPE_BACKWARD = True
-    elif name not in ("none", "rope", "prerotate"):  # the single-tile kernels and their diagnostics
+    elif name == "rope_full":
+        triton_backend.PAIRED_ROPE_FORWARD = False
+    elif name not in ("none", "rope", "prerotate", "rope_full_paired"):  # single tiles, and the diagnostics
         triton_backend.SPLIT_ROPE_FORWARD = triton_backend.SPLIT_ROPE_BACKWARD = False
+        triton_backend.PAIRED_ROPE_FORWARD = False
     if name in ("fma_b_only", "fma_c_only"):
         b_fn, c_fn = ("_fma_only", "_plain") if name == "fma_b_only" else ("_plain", "_fma_only")
         triton_backend._ssd_fwd_kernel = _forward_with(b_fn, c_fn)
@@ -143,7 +149,8 @@ def run_variant(name: str, train: bool = False) -> dict:
     B, C = ((torch.randn(b, t, g, n, device=dev, generator=gen) * n ** -0.5).bfloat16() for _ in range(2))
     cos = sin = None
     if name != "none":
-        cos, sin = rope_tables(torch.arange(t, device=dev).expand(b, t), ROPE_DIM if dev == "cuda" else 16)
+        r = n if name.startswith("rope_full") else ROPE_DIM if dev == "cuda" else 16
+        cos, sin = rope_tables(torch.arange(t, device=dev).expand(b, t), r)
 
     chunk = 64 if dev == "cuda" else 16
     rotate = torch.compile(rope_reference) if dev == "cuda" else rope_reference

@@ -43,7 +43,7 @@ def test_ssd_kernels_have_a_config_that_fits_the_h200_at_the_largest_tiles():
     from wmzoo.kernels.ssd.triton_fwd import _ssd_fwd_kernel
 
     tiles = {"Q": 64, "BLOCK_P": MAX_P, "NB": MAX_N, "DOT": 1, "HAS_CU": False, "ROPE": True}
-    fwd = {**tiles, "HAS_D": True, "HAS_H0": True, "WRITE_FINAL": True, "PLAIN": False, "PB": 64}
+    fwd = {**tiles, "HAS_D": True, "HAS_H0": True, "WRITE_FINAL": True, "PLAIN": False, "PB": 64, "PAIRED": False}
     split = {"NB": MAX_N // 2, "PLAIN": True, "PB": MAX_N // 2}  # RoPE on half the channels: two tiles
     cases = [(_ssd_fwd_kernel, fwd),
              (_ssd_fwd_kernel, {**fwd, **split}),

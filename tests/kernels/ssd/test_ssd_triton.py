@@ -190,6 +190,20 @@ def test_rope_split_tiles_match_loop(monkeypatch, split, triton_calls):
 
 
 @pytest.mark.interpret
+@pytest.mark.parametrize("paired", [True, False])
+def test_rope_on_every_channel_forward_forms_match_loop(monkeypatch, paired, triton_calls):
+    """RoPE on every channel (r = n = 32): the forward cut at r / 2 into the two halves that
+    turn against each other (PAIRED, the default) and one gathered tile, forward and every
+    gradient."""
+    from wmzoo.kernels.ssd import triton_backend
+
+    monkeypatch.setattr(triton_backend, "PAIRED_ROPE_FORWARD", paired)
+    assert triton_backend._forward_tiles({"NB": 32}, 32, 16, triton_backend.MIN_TILE_CPU)["PAIRED"] == paired
+    args = make_inputs(2, 65, 4, 2, 24, 32, dtype=torch.float16, rope=32, seed=12)
+    check_against_loop(args, 32, triton_calls, torch.float16)
+
+
+@pytest.mark.interpret
 @pytest.mark.parametrize("segs", [1, 3])
 def test_gpu_tile_padding_is_exact(monkeypatch, segs, triton_calls):
     """On CUDA every tile side is padded up to 64 (a Triton 3.6 Hopper miscompile, see

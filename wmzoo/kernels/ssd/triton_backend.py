@@ -100,6 +100,11 @@ def _tiles(p: int, n: int, half: int, floor: int) -> dict:
 # benchmarks/ssd_rope_probe.py --train times rope / rope_split_bwd / rope_single side by side.
 SPLIT_ROPE_FORWARD = True
 SPLIT_ROPE_BACKWARD = False
+# At r = n (the SSD block's default) the forward cuts at r / 2 instead, into the halves RoPE
+# turns against each other (PAIRED, triton_fwd): compiled by triton 3.6 for sm_90a its first
+# config spills 0.6 KB per thread against 4.0 gathered (0.4 without RoPE). Not yet timed: the
+# probe's rope_full (off) against rope_full_paired.
+PAIRED_ROPE_FORWARD = True
 
 
 def _rope_tiles(tiles: dict, n: int, half: int, floor: int, split: bool) -> dict:
@@ -110,6 +115,15 @@ def _rope_tiles(tiles: dict, n: int, half: int, floor: int, split: bool) -> dict
         if nb + pb <= tiles["NB"]:
             return dict(tiles, NB=nb, NR=2 * half, PLAIN=True, PB=pb)
     return dict(tiles, NR=n, PLAIN=False, PB=floor)  # PB unused
+
+
+def _forward_tiles(tiles: dict, n: int, half: int, floor: int) -> dict:
+    """The forward's column tiles: the halves of r = n (PAIRED) where they fit one tile, else
+    _rope_tiles'."""
+    hb = _pow2(half, floor)
+    if PAIRED_ROPE_FORWARD and 2 * half == n and 2 * hb <= tiles["NB"]:
+        return dict(tiles, NB=hb, NR=half, PLAIN=True, PB=hb, PAIRED=True)
+    return dict(_rope_tiles(tiles, n, half, floor, SPLIT_ROPE_FORWARD), PAIRED=False)
 
 
 UNROTATE_BLOCK_T = 64
@@ -218,8 +232,7 @@ def forward(x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin, ch
         y, final,
         t, h, g, p, n, half, segs,
         HAS_D=D is not None, HAS_H0=starts is not None, HAS_CU=cu_seqlens is not None,
-        WRITE_FINAL=segs == 1, Q=chunk_size, DOT=_dot(x),
-        **_rope_tiles(tiles, n, half, _min_tile(x), SPLIT_ROPE_FORWARD),
+        WRITE_FINAL=segs == 1, Q=chunk_size, DOT=_dot(x), **_forward_tiles(tiles, n, half, _min_tile(x)),
     )
     return y, final
 

@@ -211,6 +211,16 @@ def rotate(z, ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, NB: tl.co
 
 
 @triton.jit
+def load_rotated_halves(ptr, row_stride, rows, row_mask, cos, sin, HALF, HB: tl.constexpr):
+    """Channels [0, HALF) and [HALF, 2 HALF) of rows of B or C as two (rows, HB) tiles, turned
+    against each other by the (rows, HB) tables cos, sin: z~_lo = z_lo cos - z_hi sin, z~_hi =
+    z_hi cos + z_lo sin. Plain loads, no gathers; one pair of tables serves B and C."""
+    lo = load_cols(ptr, row_stride, rows, row_mask, 0, HALF, HB)
+    hi = load_cols(ptr, row_stride, rows, row_mask, HALF, HALF, HB)
+    return lo * cos - hi * sin, hi * cos + lo * sin
+
+
+@triton.jit
 def load_rotated(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
                  NB: tl.constexpr, ROPE: tl.constexpr):
     """Rows of B or C (all n channels, fp32), rotated when ROPE."""

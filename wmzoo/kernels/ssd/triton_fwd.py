@@ -19,7 +19,11 @@ Why: on the GPU an elementwise step between a tile's load and its products costs
 as the products (ssd.md run 15: the rotation's arithmetic alone on B and C takes the forward
 from 0.42 to 0.74 ms), and the rotated tiles' registers spill; cut, the rotation runs over the
 r rotated channels only and the plain ones go from their load into the products. Without PLAIN
-the first tile holds every channel (NR = n), rotated where channel < r.
+the first tile holds every channel (NR = n), rotated where channel < r. PAIRED (r = n) cuts
+at r / 2 instead: the two tiles are the halves that RoPE turns against each other (NR = r / 2),
+each loaded plain and rotated with one pair of (Q, r / 2) tables shared by B and C, so no
+partner is gathered (spills at the benchmark's tiles on triton 3.6: 0.6 KB per thread against
+4.0 for the gathered form, 0.4 without RoPE).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .triton_common import (
     configs,
     load_cols,
     load_rotated,
+    load_rotated_halves,
     load_state_cols,
     mm,
     program_chunks,
@@ -48,7 +53,7 @@ from .triton_common import (
 # session): compiled for sm_90a at the benchmark's tiles it spills 0.5 / 1.4 KB per thread
 # without / with RoPE against 1.7 / 4.8 KB, the fewest of the list (not timed; spills do not
 # rank configs by speed, dmattn.md run 6), and 128 KB of shared memory at the largest tiles.
-@autotuned(configs(((8, 1), (4, 2), (8, 2), (4, 3))), key=TILE_KEY + ["PB", "PLAIN", "WRITE_FINAL"])
+@autotuned(configs(((8, 1), (4, 2), (8, 2), (4, 3))), key=TILE_KEY + ["PB", "PLAIN", "PAIRED", "WRITE_FINAL"])
 @triton.jit
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
@@ -57,8 +62,9 @@ def _ssd_fwd_kernel(
     HAS_D: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr,
     ROPE: tl.constexpr, WRITE_FINAL: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
-    PLAIN: tl.constexpr, PB: tl.constexpr,
+    PLAIN: tl.constexpr, PB: tl.constexpr, PAIRED: tl.constexpr,
 ):
+    tl.static_assert(not PAIRED or (PLAIN and ROPE and PB == NB))
     k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
     head = tl.program_id(1)
     offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -83,13 +89,20 @@ def _ssd_fwd_kernel(
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, tl.program_id(2) * BLOCK_P, P - tl.program_id(2) * BLOCK_P, BLOCK_P)
         xd = x * dt[:, None]
-        b = load_rotated(Bg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE)
-        c_t = load_rotated(Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE)
+        if PAIRED:  # the second tile ("plain" below) is the rotated upper half
+            cos = load_cols(cos_ptr, HALF, rows, row_mask, 0, HALF, NB)
+            sin = load_cols(sin_ptr, HALF, rows, row_mask, 0, HALF, NB)
+            b, b_plain = load_rotated_halves(Bg, G * N, rows, row_mask, cos, sin, HALF, NB)
+            c_t, c_plain = load_rotated_halves(Cg, G * N, rows, row_mask, cos, sin, HALF, NB)
+        else:
+            b = load_rotated(Bg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE)
+            c_t = load_rotated(Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE)
+            if PLAIN:
+                b_plain = load_cols(Bg, G * N, rows, row_mask, NR, N - NR, PB)
+                c_plain = load_cols(Cg, G * N, rows, row_mask, NR, N - NR, PB)
         scores = mm(c_t, tl.trans(b), DOT)
         inter = mm(c_t, tl.trans(s), DOT)
         if PLAIN:
-            b_plain = load_cols(Bg, G * N, rows, row_mask, NR, N - NR, PB)
-            c_plain = load_cols(Cg, G * N, rows, row_mask, NR, N - NR, PB)
             scores += mm(c_plain, tl.trans(b_plain), DOT)
             inter += mm(c_plain, tl.trans(s_plain), DOT)
         # The mask goes in before exp: above the diagonal Lam_t - Lam_s > 0 could overflow.
