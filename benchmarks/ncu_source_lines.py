@@ -5,7 +5,8 @@
 SASS_CSV: `ncu -i REPORT --page source --csv --print-source sass` (per-instruction samples of
 every kernel in the report). LISTING: `nvdisasm -g -c KERNEL.cubin` of the same binary (Triton's
 cubin from its cache on the GPU machine, or compiled anywhere for sm_90a with the launch's
-constexprs, warps, stages and the 16-divisibility of its arguments; nvdisasm ships with Triton).
+constexprs, warps, stages, the 16-divisibility of its arguments and its int arguments equal to 1
+as constants, as Triton specializes them; nvdisasm ships with Triton).
 ncu's own CUDA-source view of a Triton kernel came back without metrics (run 15), so the line
 of each instruction is taken from the listing's line-info comments and the two are matched by
 position; every opcode must agree, or the binaries differ and the script stops. An inlined
