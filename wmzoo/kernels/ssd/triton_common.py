@@ -8,12 +8,14 @@ first, then the segments run in parallel). A packed varlen batch is just a list 
 ranges come from ``cu_seqlens`` (read inside the kernel: no host sync); chunks start at each
 sequence's first token, so a chunk never holds two sequences and no state crosses a boundary.
 
-RoPE on load, one tile over n: B~ and C~ (and the p x n state) are single tiles of all n
-channels; ``load_rotated`` forms a rotated tile from the plain load and gathers of each channel's
-rotation partner (channel i pairs with i + r/2 for i < r/2) and of its cos / sin. No tile is
-split by the rotation, so RoPE adds no state math and no padding: only those loads and a few
-FMAs. The backward's kernels therefore produce gradients w.r.t. the rotated B~ and C~; RoPE's
-transpose is applied to them afterwards by ``_unrotate_kernel`` (elementwise, in place).
+RoPE on load: ``load_rotated`` forms a rotated tile from the plain load and gathers of each
+channel's rotation partner (channel i pairs with i + r/2 for i < r/2) and of its cos / sin;
+``load_rotated_halves`` loads the two halves a rotation pairs as separate plain tiles and turns
+them against each other. B~, C~ and the p x n state are single n-wide tiles, or cut by column
+(triton_fwd's PLAIN: the rotated and the plain channels, or the two halves at r = n), with the
+state parts loaded and stored by ``load_state_cols`` / ``store_state_cols``. The backward's
+kernels produce gradients w.r.t. the rotated B~ and C~; RoPE's transpose is applied to them
+afterwards by ``_unrotate_kernel`` (elementwise, in place).
 """
 
 from __future__ import annotations
@@ -159,15 +161,10 @@ def state_cols_tile(k, head, H, P, N, offs_p, col0, width, NB: tl.constexpr):
 
 
 @triton.jit
-def load_state(ptr, k, head, H, P, N, offs_p, PRESENT: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr):
-    """State k of a (states, h, p, n) fp32 buffer; zeros where the input is not PRESENT."""
-    return load_state_cols(ptr, k, head, H, P, N, offs_p, 0, N, PRESENT, BLOCK_P, NB)
-
-
-@triton.jit
 def load_state_cols(ptr, k, head, H, P, N, offs_p, col0, width, PRESENT: tl.constexpr,
                     BLOCK_P: tl.constexpr, NB: tl.constexpr):
-    """Channels [col0, col0 + width) of state k (zeros where the input is not PRESENT)."""
+    """Channels [col0, col0 + width) of state k of a (states, h, p, n) fp32 buffer; zeros where
+    the input is not PRESENT."""
     s = tl.zeros([BLOCK_P, NB], dtype=tl.float32)
     if PRESENT:
         offs, mask = state_cols_tile(k, head, H, P, N, offs_p, col0, width, NB)
@@ -242,7 +239,6 @@ def _unrotate_kernel(d_ptr, cos_ptr, sin_ptr, TOKENS, HEADS, N, HALF,
     cos = load_cols(cos_ptr, HALF, rows, row_mask, 0, HALF, HB)
     sin = load_cols(sin_ptr, HALF, rows, row_mask, 0, HALF, HB)
     base = d_ptr + head * N
-    lo = load_cols(base, HEADS * N, rows, row_mask, 0, HALF, HB)
-    hi = load_cols(base, HEADS * N, rows, row_mask, HALF, HALF, HB)
-    store_cols(base, HEADS * N, rows, row_mask, 0, HALF, lo * cos + hi * sin, HB)
-    store_cols(base, HEADS * N, rows, row_mask, HALF, HALF, hi * cos - lo * sin, HB)
+    lo, hi = load_rotated_halves(base, HEADS * N, rows, row_mask, cos, -sin, HALF, HB)  # by -angle
+    store_cols(base, HEADS * N, rows, row_mask, 0, HALF, lo, HB)
+    store_cols(base, HEADS * N, rows, row_mask, HALF, HALF, hi, HB)
