@@ -6,9 +6,9 @@
 
 RoPE r 64 takes the forward at B4 T4096 H64 P64 N128 from 0.43 to 1.22 ms (ssd.md run 12), and
 the three load forms timed in run 8 did not say why (their predictions were off by up to 5x).
-Each variant below replaces ``load_rotated`` in the forward kernel's module before its first
-compile, so one piece of the rotation is taken away at a time. Only ``rope`` and ``none`` give
-correct outputs (and ``rope_single``, ``prerotate``); the others are diagnostics, timed and never used:
+``rope``, ``rope_split_bwd``, ``rope_single`` and ``prerotate`` compute one function (r 64), and
+``rope_full`` / ``rope_full_paired`` another (r = n): their printed sums agree; the diagnostics replace ``load_rotated`` in the forward kernel's module before its
+first compile, so one piece of the rotation is taken away at a time (timed, never used):
 
 - ``rope``: the library's form: at r 64 of n 128 the rotated and the plain channels as two
   tiles (triton_fwd, PLAIN), the rotated ones gathered as below;
@@ -18,9 +18,8 @@ correct outputs (and ``rope_single``, ``prerotate``); the others are diagnostics
   default), the forward cut into the two halves that turn against each other (the library's
   form, triton_backend.PAIRED_ROPE_FORWARD) / gathered in one tile as in ``rope_single``;
 - ``rope_single``: one tile over all n, rotated where channel < r (triton_fwd, the library's
-  form at r 64 until the fifteenth session), forward and backward; every diagnostic below
-  patches this kernel.
-  Partner channels and cos / sin rows are loaded per operand;
+  form at r 64 until the fifteenth session), forward and backward, partner channels and
+  cos / sin rows gathered per operand; every diagnostic below patches this kernel;
 - ``none``: no rotation (the RoPE-free kernel);
 - ``const_tables``: partner channels loaded, cos / sin constants: what the table loads cost;
 - ``no_partner``: tables loaded, the partner channel replaced by the channel itself: what the
@@ -39,7 +38,9 @@ correct outputs (and ``rope_single``, ``prerotate``); the others are diagnostics
 3.6, became the library's in the tenth session and was reverted after ssd.md run 13 measured it
 slower.)
 Measured (ssd.md run 14, an H100): none 0.433 ms, rope 1.213, const_tables 0.887, no_partner
-1.030, fma_only 0.746 (run 14's second call, beside none 0.432 and rope 1.239).
+1.030, fma_only 0.746 (run 14's second call, beside none 0.432 and rope 1.239); run 15 (an
+H100, before the split tiles): none 0.423, rope 1.228, fma_only 0.742, fma_b_only 0.533,
+fma_c_only 0.540, prerotate 0.936.
 Each runs in a process of its own: Triton resolves a kernel's helpers when it first compiles
 it. The output's sum is printed too: a diagnostic whose sum equals ``rope``'s was not patched in.
 """
@@ -187,8 +188,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", choices=VARIANTS + ("rope_split_bwd",))
     ap.add_argument("--out", help="directory for rope_probe.json (with --variant unset: every variant)")
-    ap.add_argument("--train", action="store_true", help="time forward and backward (none, rope, rope_single, "
-                    "prerotate), not the forward alone")
+    ap.add_argument("--train", action="store_true", help=f"time forward and backward ({', '.join(TRAIN_VARIANTS)}), "
+                    "not the forward alone")
     args = ap.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.train)), flush=True)
