@@ -457,14 +457,16 @@ def test_gpu_bf16_matches_loop(groups, rope, triton_calls):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("segs", [1, 4])
-def test_gpu_bf16_benchmark_tiles(monkeypatch, segs, triton_calls):
+@pytest.mark.parametrize("rope", [64, 128])
+def test_gpu_bf16_benchmark_tiles(monkeypatch, segs, rope, triton_calls):
     """The benchmark's tiles (p 64, n 128, r 64, chunk 64): shared memory grows with the tile,
     not with T, so a short sequence runs the same kernels the benchmark does (at n 128 with RoPE
-    the two-stage forward once needed 270 KB of shared memory, over the H200's limit)."""
+    the two-stage forward once needed 270 KB of shared memory, over the H200's limit). r 64
+    runs the forward's rotated / plain tiles, r 128 its paired halves."""
     from wmzoo.kernels.ssd import triton_backend
 
     monkeypatch.setattr(triton_backend, "FORCE_SEGMENTS", segs)
-    args = make_inputs(2, 200, 4, 4, 64, 128, dtype=torch.bfloat16, rope=64, seed=3, device="cuda")
+    args = make_inputs(2, 200, 4, 4, 64, 128, dtype=torch.bfloat16, rope=rope, seed=3, device="cuda")
     check_gpu_against_loop(args, triton_calls)
 
 
