@@ -334,12 +334,10 @@ bwd_q_kernel = _tuned(_bwd_q_kernel, [(32, 4, 1)] if INTERPRET else [(64, 8, 2),
 # The window's key-major kernel: its key tile sets how alike the gathered keys' query ranges
 # are (triton_key_order: 1.29x the kept pairs at 64 keys, 1.20x at 32), so both are tuned.
 # First (deterministic mode's): the least spilling at 64 keys on triton 3.7 for sm_90a (0.2 KB).
-# 128-key tiles (the last two): every key tile reads its whole query range of q, dO, lse and
-# delta, and those loads held 41% of the kernel's stall samples at 64 keys (dmattn.md run 15),
-# so twice the keys per tile halve that traffic per pair for a few more visited pairs; on
-# triton 3.6 they spill 0.9 / 0.6 KB per thread against the (64, 64, 4, 2) the H100 chose, 1.8.
+# 128-key tiles (which halve the query-side re-reads per pair) were offered and never chosen:
+# the H100 kept (64, 64, 4, 2) at w 1024, 3.61 ms fwd+bwd (dmattn.md run 16).
 _KV_WINDOW_CONFIGS = [(32, 32, 4, 1)] if INTERPRET else [
-    (64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 3), (32, 32, 4, 3), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 3)]
+    (64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 3), (32, 32, 4, 3), (64, 64, 4, 2)]
 bwd_kv_window_kernel = Autotuned(
     _bwd_kv_window_kernel,
     [triton.Config({"BLOCK_N": n, "BLOCK_M": m}, num_warps=w, num_stages=s) for n, m, w, s in _KV_WINDOW_CONFIGS],
