@@ -110,19 +110,26 @@ def ssd_cases():
     for rope in (False, True):
         tag = "RoPE" if rope else "no RoPE"
         fwd = dict(tiles, ROPE=rope, HAS_D=True, HAS_H0=False, WRITE_FINAL=True, PAIRED=False)
-        sweep = dict(tiles, ROPE=rope, HAS_DFINAL=False, HAS_H0=False)
-        reverse = dict(tiles, ROPE=rope, LOCAL=not rope, HAS_DFINAL=False, HAS_D=True)
+        sweep = dict(tiles, ROPE=rope, HAS_DFINAL=False, HAS_H0=False, PAIRED=False)
+        reverse = dict(tiles, ROPE=rope, LOCAL=not rope, HAS_DFINAL=False, HAS_D=True, PAIRED=False)
         yield f"SSD forward, {tag}", _ssd_fwd_kernel, fwd
         yield f"SSD backward forward sweep, {tag}", _ssd_bwd_forward_sweep, sweep
         if not rope:  # with RoPE the reverse sweep computes the in-chunk terms itself
-            yield f"SSD backward chunk-local terms, {tag}", _ssd_bwd_chunk_local, dict(
-                {k: v for k, v in tiles.items() if k not in ("PLAIN", "PB")}, ROPE=rope)
+            yield f"SSD backward chunk-local terms, {tag}", _ssd_bwd_chunk_local, dict(tiles, ROPE=rope, PAIRED=False)
         yield f"SSD backward reverse sweep, {tag}", _ssd_bwd_reverse_sweep, reverse
         if rope:
             yield "SSD forward, RoPE 64 of 128, split tiles", _ssd_fwd_kernel, dict(fwd, **split)
             yield "SSD forward, RoPE 128 of 128, paired halves", _ssd_fwd_kernel, dict(fwd, **split, PAIRED=True)
             yield "SSD backward forward sweep, RoPE 64 of 128, split tiles", _ssd_bwd_forward_sweep, dict(sweep, **split)
             yield "SSD backward reverse sweep, RoPE 64 of 128, split tiles", _ssd_bwd_reverse_sweep, dict(reverse, **split)
+            yield ("SSD backward forward sweep, RoPE 128 of 128, paired halves", _ssd_bwd_forward_sweep,
+                   dict(sweep, **split, PAIRED=True))
+            local = dict(tiles, ROPE=True, PAIRED=False)  # LOCAL_WITH_ROPE (off by default)
+            yield "SSD backward chunk-local terms, RoPE 64 of 128, split tiles", _ssd_bwd_chunk_local, dict(local, **split)
+            yield ("SSD backward chunk-local terms, RoPE 128 of 128, paired halves", _ssd_bwd_chunk_local,
+                   dict(local, **split, PAIRED=True))
+            yield ("SSD backward reverse sweep, RoPE 128 of 128, paired halves", _ssd_bwd_reverse_sweep,
+                   dict(reverse, **split, PAIRED=True))
 
 
 def dmattn_cases():

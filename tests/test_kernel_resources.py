@@ -34,8 +34,8 @@ def test_ssd_kernels_have_a_config_that_fits_the_h200_at_the_largest_tiles():
     one that fits: at the largest tiles the op takes (p 128, n 256, RoPE on) the first config
     of the SSD chunk kernels (one pipeline stage) must fit the H200's 227 KB. An earlier RoPE
     load form failed this at n 128 on the H200 in every config (docs/benchmarks/ssd.md run 8).
-    The forward (also with split rotated / plain tiles and with paired halves), the two sweeps
-    (also split) and the backward's chunk-local kernel (first configs measured at 128, 112, 144
+    The forward and the two sweeps (also with split rotated / plain tiles and with paired halves)
+    and the backward's chunk-local kernel (first configs measured at 128, 112, 144
     and 112 KB); the segment kernels' first configs need 64 KB and are left out to keep this
     test to about four minutes (2 cores, no Triton cache)."""
     from wmzoo.kernels.ssd.triton_backend import MAX_N, MAX_P
@@ -45,15 +45,19 @@ def test_ssd_kernels_have_a_config_that_fits_the_h200_at_the_largest_tiles():
     tiles = {"Q": 64, "BLOCK_P": MAX_P, "NB": MAX_N, "DOT": 1, "HAS_CU": False, "ROPE": True}
     fwd = {**tiles, "HAS_D": True, "HAS_H0": True, "WRITE_FINAL": True, "PLAIN": False, "PB": 64, "PAIRED": False}
     split = {"NB": MAX_N // 2, "PLAIN": True, "PB": MAX_N // 2}  # RoPE on half the channels: two tiles
+    sweep = {**tiles, "HAS_DFINAL": True, "HAS_H0": True, "PAIRED": False}
+    reverse = {**tiles, "HAS_DFINAL": True, "HAS_D": True, "LOCAL": False, "PAIRED": False}
     cases = [(_ssd_fwd_kernel, fwd),
              (_ssd_fwd_kernel, {**fwd, **split}),
              (_ssd_fwd_kernel, {**fwd, **split, "PAIRED": True}),  # RoPE on every channel: paired halves
-             (_ssd_bwd_forward_sweep, {**tiles, "HAS_DFINAL": True, "HAS_H0": True, "PLAIN": False, "PB": 64}),
-             (_ssd_bwd_reverse_sweep, {**tiles, "HAS_DFINAL": True, "HAS_D": True, "LOCAL": False, "PLAIN": False,
-                                       "PB": 64}),
-             (_ssd_bwd_forward_sweep, {**tiles, "HAS_DFINAL": True, "HAS_H0": True, **split}),
-             (_ssd_bwd_reverse_sweep, {**tiles, "HAS_DFINAL": True, "HAS_D": True, "LOCAL": False, **split}),
-             (_ssd_bwd_chunk_local, {**tiles, "ROPE": False})]  # launched only without RoPE
+             (_ssd_bwd_forward_sweep, {**sweep, "PLAIN": False, "PB": 64}),
+             (_ssd_bwd_reverse_sweep, {**reverse, "PLAIN": False, "PB": 64}),
+             (_ssd_bwd_forward_sweep, {**sweep, **split}),
+             (_ssd_bwd_reverse_sweep, {**reverse, **split}),
+             (_ssd_bwd_forward_sweep, {**sweep, **split, "PAIRED": True}),
+             (_ssd_bwd_reverse_sweep, {**reverse, **split, "PAIRED": True}),
+             # launched by default only without RoPE
+             (_ssd_bwd_chunk_local, {**tiles, "ROPE": False, "PLAIN": False, "PB": 64, "PAIRED": False})]
     for kernel, consts in cases:
         first = types.SimpleNamespace(fn=kernel.fn, configs=kernel.configs[:1])
         [(name, report)] = kernel_resources.resources(first, consts, 90)

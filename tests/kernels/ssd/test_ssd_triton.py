@@ -190,16 +190,33 @@ def test_rope_split_tiles_match_loop(monkeypatch, split, triton_calls):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("paired", [True, False])
-def test_rope_on_every_channel_forward_forms_match_loop(monkeypatch, paired, triton_calls):
-    """RoPE on every channel (r = n = 32): the forward cut at r / 2 into the two halves that
-    turn against each other (PAIRED, the default) and one gathered tile, forward and every
-    gradient."""
+@pytest.mark.parametrize("fwd,bwd", [(True, True), (False, False), (True, False)])
+def test_rope_on_every_channel_forms_match_loop(monkeypatch, fwd, bwd, triton_calls):
+    """RoPE on every channel (r = n = 32): the kernels cut at r / 2 into the two halves that
+    turn against each other (PAIRED, the default) or one gathered tile, in the forward and in
+    the backward's sweeps; forward and every gradient."""
     from wmzoo.kernels.ssd import triton_backend
 
-    monkeypatch.setattr(triton_backend, "PAIRED_ROPE_FORWARD", paired)
-    assert triton_backend._forward_tiles({"NB": 32}, 32, 16, triton_backend.MIN_TILE_CPU)["PAIRED"] == paired
+    monkeypatch.setattr(triton_backend, "PAIRED_ROPE_FORWARD", fwd)
+    monkeypatch.setattr(triton_backend, "PAIRED_ROPE_BACKWARD", bwd)
+    for paired in (fwd, bwd):
+        tiles = triton_backend._column_tiles({"NB": 32}, 32, 16, triton_backend.MIN_TILE_CPU, True, paired)
+        assert tiles["PAIRED"] == paired and tiles["NR"] == (16 if paired else 32)
     args = make_inputs(2, 65, 4, 2, 24, 32, dtype=torch.float16, rope=32, seed=12)
+    check_against_loop(args, 32, triton_calls, torch.float16)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("rope,n", [(12, 20), (32, 32)])
+def test_rope_chunk_local_terms_match_loop(monkeypatch, rope, n, triton_calls):
+    """With RoPE, the backward's in-chunk terms from the chunk-parallel kernel (LOCAL_WITH_ROPE)
+    in the sweeps' column tiles: rotated and plain channels (r 12 of n 20) and the paired
+    halves (r = n = 32); two pieces per sequence, forward and every gradient."""
+    from wmzoo.kernels.ssd import triton_backend
+
+    monkeypatch.setattr(triton_backend, "LOCAL_WITH_ROPE", True)
+    monkeypatch.setattr(triton_backend, "FORCE_LOCAL_PIECES", 2)
+    args = make_inputs(2, 65, 4, 2, 24, n, dtype=torch.float16, rope=rope, seed=13)
     check_against_loop(args, 32, triton_calls, torch.float16)
 
 

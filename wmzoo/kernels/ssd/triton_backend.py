@@ -92,19 +92,19 @@ def _tiles(p: int, n: int, half: int, floor: int) -> dict:
     return dict(BLOCK_P=_pow2(p, floor), NB=_pow2(n, floor), ROPE=half > 0)
 
 
-# The forward and the backward's sweeps can cut B / C and the state into rotated and plain
-# channel tiles (PLAIN, triton_fwd) where RoPE leaves channels plain and both parts' padded
-# widths fit in one tile's (the reverse sweep only where it computes the in-chunk terms itself).
-# The forward does (predicted 1.23 -> 0.70-0.85 ms at the benchmark's shape, ssd.md run 15);
-# the sweeps' cut, whose spill counts moved both ways, waits for its timing:
-# benchmarks/ssd_rope_probe.py --train times rope / rope_split_bwd / rope_single side by side.
+# The forward and the backward's sweeps cut B / C and the state into rotated and plain channel
+# tiles (PLAIN, triton_fwd) where RoPE leaves channels plain and both parts' padded widths fit
+# in one tile's (the reverse sweep only where it computes the in-chunk terms itself). At r 64 of
+# n 128 (ssd.md run 16, an H100): forward 1.218 -> 0.702 ms (0.423 without RoPE), and the
+# sweeps' cut takes forward+backward from 8.00 to 5.90 ms.
 SPLIT_ROPE_FORWARD = True
-SPLIT_ROPE_BACKWARD = False
-# At r = n (the SSD block's default) the forward cuts at r / 2 instead, into the halves RoPE
-# turns against each other (PAIRED, triton_fwd): compiled by triton 3.6 for sm_90a its first
-# config spills 0.6 KB per thread against 4.0 gathered (0.4 without RoPE). Not yet timed: the
-# probe's rope_full (off) against rope_full_paired.
+SPLIT_ROPE_BACKWARD = True
+# At r = n (the SSD block's default) they cut at r / 2 instead, into the halves RoPE turns
+# against each other (PAIRED): forward 1.270 -> 0.794 ms (run 16). The sweeps' paired halves
+# are not yet timed (benchmarks/ssd_rope_probe.py --train: rope_full_paired against
+# rope_full_paired_fwd).
 PAIRED_ROPE_FORWARD = True
+PAIRED_ROPE_BACKWARD = True
 
 
 def _rope_tiles(tiles: dict, n: int, half: int, floor: int, split: bool) -> dict:
@@ -117,13 +117,13 @@ def _rope_tiles(tiles: dict, n: int, half: int, floor: int, split: bool) -> dict
     return dict(tiles, NR=n, PLAIN=False, PB=floor)  # PB unused
 
 
-def _forward_tiles(tiles: dict, n: int, half: int, floor: int) -> dict:
-    """The forward's column tiles: the halves of r = n (PAIRED) where they fit one tile, else
+def _column_tiles(tiles: dict, n: int, half: int, floor: int, split: bool, paired: bool) -> dict:
+    """A kernel's column tiles: the halves of r = n (PAIRED) where they fit one tile, else
     _rope_tiles'."""
     hb = _pow2(half, floor)
-    if PAIRED_ROPE_FORWARD and 2 * half == n and 2 * hb <= tiles["NB"]:
+    if paired and 2 * half == n and 2 * hb <= tiles["NB"]:
         return dict(tiles, NB=hb, NR=half, PLAIN=True, PB=hb, PAIRED=True)
-    return dict(_rope_tiles(tiles, n, half, floor, SPLIT_ROPE_FORWARD), PAIRED=False)
+    return dict(_rope_tiles(tiles, n, half, floor, split), PAIRED=False)
 
 
 UNROTATE_BLOCK_T = 64
@@ -174,8 +174,10 @@ FORCE_SEGMENTS = 0  # > 0: that many segments everywhere (tests of the segmented
 # programs at B4 H64 (4 chunks each), 512 at B1 H32 (T 32768: 32 chunks each).
 LOCAL_PIECES_CUDA = 16
 FORCE_LOCAL_PIECES = 0  # > 0: that many pieces everywhere (tests of the GPU's split on CPU)
-# The split with RoPE too. Off: in run 12 (ssd.md) it cost 0.78 ms with RoPE, a third kernel
-# paying the rotation, whose loads spill ~4 KB per thread (bench_ssd --split-rope sets this).
+# The split with RoPE too (the local kernel in the sweeps' column tiles). Off: in run 12
+# (ssd.md) it cost 0.78 ms with RoPE, a third kernel paying the rotation in one gathered tile,
+# spilling ~4 KB per thread. With the split / paired tiles that cost is smaller; timed by
+# ssd_rope_probe.py --train (rope_local, rope_full_local; bench_ssd --split-rope sets it too).
 LOCAL_WITH_ROPE = False
 
 
@@ -232,7 +234,8 @@ def forward(x, dt, A, B, C, D, initial_state, cu_seqlens, rope_cos, rope_sin, ch
         y, final,
         t, h, g, p, n, half, segs,
         HAS_D=D is not None, HAS_H0=starts is not None, HAS_CU=cu_seqlens is not None,
-        WRITE_FINAL=segs == 1, Q=chunk_size, DOT=_dot(x), **_forward_tiles(tiles, n, half, _min_tile(x)),
+        WRITE_FINAL=segs == 1, Q=chunk_size, DOT=_dot(x),
+        **_column_tiles(tiles, n, half, _min_tile(x), SPLIT_ROPE_FORWARD, PAIRED_ROPE_FORWARD),
     )
     return y, final
 
@@ -289,6 +292,8 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
         starts = initial_state.contiguous() if initial_state is not None else None
         ends = dfinal_state.contiguous() if dfinal_state is not None else None
 
+    # The sweeps' and the local kernel's B / C column tiles (see SPLIT_ROPE_BACKWARD)
+    columns = _column_tiles(tiles, n, half, _min_tile(x), SPLIT_ROPE_BACKWARD, PAIRED_ROPE_BACKWARD)
     dC_heads = _grad_buffer(C, h, varlen)
     c_dc = x.new_empty(b * t, h, dtype=torch.float32)  # C~_t . dC~_t (state part)
     d_final = x.new_empty(seqs * segs, h, dtype=torch.float32)  # <dfinal, final> (one segment)
@@ -298,7 +303,7 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
         dC_heads, c_dc, d_final,
         t, h, g, p, n, half, segs,
         HAS_DFINAL=segs == 1 and ends is not None, HAS_H0=starts is not None, HAS_CU=varlen,
-        Q=chunk_size, DOT=_dot(x), **_rope_tiles(tiles, n, half, _min_tile(x), SPLIT_ROPE_BACKWARD),
+        Q=chunk_size, DOT=_dot(x), **columns,
     )
 
     dx = _output(x, varlen)
@@ -319,7 +324,7 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
             dy, x, dt, A, B, C, cu, cos, sin,
             dB_local, dxd_local, dG_local,
             t, h, g, p, n, half, pieces,
-            HAS_CU=varlen, **common,
+            HAS_CU=varlen, Q=chunk_size, DOT=_dot(x), **columns,
         )
     else:
         dB_local = dxd_local = dG_local = c_dc  # not read (LOCAL off)
@@ -332,7 +337,7 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
         dx, ddt, dB_heads, dA_part, dD_part, dh0,
         t, h, g, p, n, half, segs,
         HAS_DFINAL=ends is not None, HAS_D=D is not None, HAS_CU=varlen, LOCAL=split,
-        Q=chunk_size, DOT=_dot(x), **_rope_tiles(tiles, n, half, _min_tile(x), SPLIT_ROPE_BACKWARD and not split),
+        Q=chunk_size, DOT=_dot(x), **columns,
     )
 
     dA = dA_part.sum(0).to(A.dtype)

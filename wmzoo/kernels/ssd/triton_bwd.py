@@ -26,6 +26,8 @@ head); the backend sums the heads of a group when g < h and then applies RoPE's 
 (triton_common._unrotate_kernel). B~, C~ and the states are n-wide tiles, or with PLAIN cut
 into rotated channels [0, NR) and plain ones [NR, n) as in triton_fwd: every product over n is
 then the sum of the two parts' products, and the plain parts go from their loads into them.
+PAIRED (r = n) cuts at r / 2 as triton_fwd does: the two tiles are the rotated halves, loaded
+plain and turned against each other (paired_operands), no partner gathered.
 
 Precision of dA: the per-token dL/dG_t are large and cancel over the sequence (every pair of
 tokens enters once with + and once with -), and dA sums them all, so each pair must be the same
@@ -49,6 +51,7 @@ from .triton_common import (
     configs,
     load_cols,
     load_rotated,
+    load_rotated_halves,
     load_state_cols,
     mm,
     mm_split_a,
@@ -74,6 +77,19 @@ def rotated_operands(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HA
 
 
 @triton.jit
+def paired_operands(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF,
+                    HB: tl.constexpr, DOT: tl.constexpr):
+    """B~ and C~ of a chunk at r = n as the two halves RoPE turns against each other (PAIRED):
+    b_lo, c_lo, b_hi, c_hi, each (rows, HB), from plain loads and one pair of (rows, HB) tables;
+    rounded once like rotated_operands'."""
+    cos = load_cols(cos_ptr, HALF, rows, row_mask, 0, HALF, HB)
+    sin = load_cols(sin_ptr, HALF, rows, row_mask, 0, HALF, HB)
+    b_lo, b_hi = load_rotated_halves(Bg, row_stride, rows, row_mask, cos, sin, HALF, HB)
+    c_lo, c_hi = load_rotated_halves(Cg, row_stride, rows, row_mask, cos, sin, HALF, HB)
+    return operand(b_lo, DOT), operand(c_lo, DOT), operand(b_hi, DOT), operand(c_hi, DOT)
+
+
+@triton.jit
 def in_chunk_terms(x, dy, dt, lam, b, c_t, b_plain, c_plain, causal_t, DOT: tl.constexpr, PLAIN: tl.constexpr):
     """The reverse sweep's in-chunk terms of one chunk (no state needed), fp32: dB~ and dxd
     through the chunk's own tokens, and W's column sums minus row sums (dL/dG's in-chunk part),
@@ -93,7 +109,7 @@ def in_chunk_terms(x, dy, dt, lam, b, c_t, b_plain, c_plain, causal_t, DOT: tl.c
             db_plain)
 
 
-@autotuned(configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
+@autotuned(configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY + ["PB", "PLAIN", "PAIRED"])
 @triton.jit
 def _ssd_bwd_forward_sweep(
     dy_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, cu_ptr, cos_ptr, sin_ptr,
@@ -102,8 +118,9 @@ def _ssd_bwd_forward_sweep(
     HAS_DFINAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr,
     ROPE: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
-    PLAIN: tl.constexpr, PB: tl.constexpr,
+    PLAIN: tl.constexpr, PB: tl.constexpr, PAIRED: tl.constexpr,
 ):
+    tl.static_assert(not PAIRED or (PLAIN and ROPE and PB == NB))
     k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
     head = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_P)
@@ -128,7 +145,10 @@ def _ssd_bwd_forward_sweep(
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))
         dyxd = mm(dy, tl.trans(x), DOT) * (dt[None, :] * decay)  # [t, s]; x, dy exact operands
-        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE, DOT)
+        if PAIRED:  # the second tiles ("plain" below) are the rotated upper halves
+            b, c_t, b_plain, c_plain = paired_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, HALF, NB, DOT)
+        else:
+            b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE, DOT)
         st = tl.exp(lam)[:, None] * mm_split_b(dy, s, DOT)
         dc = mm(dyxd, b, DOT) + st
         # C~ . dC~ through the state only (see module doc)
@@ -136,9 +156,10 @@ def _ssd_bwd_forward_sweep(
         store_cols(dCh, H * N, rows, row_mask, 0, NR, dc, NB)
         weighted = tl.trans(xd * tl.exp(lam_end - lam)[:, None])
         s = tl.exp(lam_end) * s + mm_split_a(weighted, b, DOT)
-        if PLAIN:  # the plain channels: loads exact in the half type
-            b_plain = load_cols(Bg, G * N, rows, row_mask, NR, N - NR, PB)
-            c_plain = load_cols(Cg, G * N, rows, row_mask, NR, N - NR, PB)
+        if PLAIN:
+            if not PAIRED:  # the plain channels: loads exact in the half type
+                b_plain = load_cols(Bg, G * N, rows, row_mask, NR, N - NR, PB)
+                c_plain = load_cols(Cg, G * N, rows, row_mask, NR, N - NR, PB)
             st_plain = tl.exp(lam)[:, None] * mm_split_b(dy, s_plain, DOT)
             cdc += tl.sum(c_plain * st_plain, axis=1)
             store_cols(dCh, H * N, rows, row_mask, NR, N - NR, mm(dyxd, b_plain, DOT) + st_plain, PB)
@@ -154,18 +175,21 @@ def _ssd_bwd_forward_sweep(
     tl.store(dff_ptr + k * H + head, dff)
 
 
-@autotuned(configs(((4, 1), (4, 2), (8, 1))), key=TILE_KEY)
+@autotuned(configs(((4, 1), (4, 2), (8, 1))), key=TILE_KEY + ["PB", "PLAIN", "PAIRED"])
 @triton.jit
 def _ssd_bwd_chunk_local(
     dy_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cu_ptr, cos_ptr, sin_ptr,
     dBl_ptr, dxdl_ptr, dgl_ptr,
-    T, H, G, P, N, HALF, SEGS,
+    T, H, G, P, N, HALF, SEGS, NR,
     HAS_CU: tl.constexpr, ROPE: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
+    PLAIN: tl.constexpr, PB: tl.constexpr, PAIRED: tl.constexpr,
 ):
     """The reverse sweep's in-chunk terms, fp32 per (token, head): dB~ and dxd through the
     chunk's own tokens, and W's column sums minus row sums (dL/dG's in-chunk part). Programs
-    (sequence x SEGS + piece, head) each take a run of chunks; no chunk depends on another."""
+    (sequence x SEGS + piece, head) each take a run of chunks; no chunk depends on another.
+    B~ / C~ in the sweeps' column tiles (PLAIN, PAIRED)."""
+    tl.static_assert(not PAIRED or (PLAIN and ROPE and PB == NB))
     k = tl.program_id(0)
     head = tl.program_id(1)
     steps = tl.arange(0, Q)
@@ -181,14 +205,25 @@ def _ssd_bwd_chunk_local(
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
-        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, N, HALF, NB, ROPE, DOT)
-        db_in, dxd_in, dg_in, _ = in_chunk_terms(x, dy, dt, lam, b, c_t, b, c_t, causal_t, DOT, False)
-        store_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, N, db_in, NB)
+        if PAIRED:
+            b, c_t, b_plain, c_plain = paired_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, HALF, NB, DOT)
+        else:
+            b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE, DOT)
+            b_plain = b  # (unused without PLAIN)
+            c_plain = c_t
+            if PLAIN:
+                b_plain = load_cols(Bg, G * N, rows, row_mask, NR, N - NR, PB)
+                c_plain = load_cols(Cg, G * N, rows, row_mask, NR, N - NR, PB)
+        db_in, dxd_in, dg_in, db_plain = in_chunk_terms(x, dy, dt, lam, b, c_t, b_plain, c_plain, causal_t, DOT,
+                                                        PLAIN)
+        store_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, NR, db_in, NB)
+        if PLAIN:
+            store_cols(dBl_ptr + head * N, H * N, rows, row_mask, NR, N - NR, db_plain, PB)
         store_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, dxd_in, BLOCK_P)
         tl.store(dgl_ptr + rows * H + head, dg_in, mask=row_mask)
 
 
-@autotuned(configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY)
+@autotuned(configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY + ["PB", "PLAIN", "PAIRED", "LOCAL"])
 @triton.jit
 def _ssd_bwd_reverse_sweep(
     dy_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, cu_ptr, cos_ptr, sin_ptr,
@@ -198,12 +233,12 @@ def _ssd_bwd_reverse_sweep(
     HAS_DFINAL: tl.constexpr, HAS_D: tl.constexpr, HAS_CU: tl.constexpr,
     ROPE: tl.constexpr, LOCAL: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
-    PLAIN: tl.constexpr, PB: tl.constexpr,
+    PLAIN: tl.constexpr, PB: tl.constexpr, PAIRED: tl.constexpr,
 ):
-    """LOCAL: the in-chunk terms come from _ssd_bwd_chunk_local's buffers; otherwise this
-    kernel computes them (with RoPE: one kernel fewer rotating B and C, see the backend).
-    PLAIN only without LOCAL (the local buffers are n-wide tiles)."""
-    tl.static_assert(not (LOCAL and PLAIN))
+    """LOCAL: the in-chunk terms come from _ssd_bwd_chunk_local's buffers (written in this
+    kernel's column tiles); otherwise this kernel computes them (with RoPE: one kernel fewer
+    rotating B and C, see the backend)."""
+    tl.static_assert(not PAIRED or (PLAIN and ROPE and PB == NB))
     k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
     head = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_P)
@@ -234,22 +269,28 @@ def _ssd_bwd_reverse_sweep(
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         to_end = tl.exp(lam_end - lam)[:, None]
         dt_to_end = dt[:, None] * to_end  # xd dS = dt (x dS): x is exact in the half type
-        b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE, DOT)
+        if PAIRED:  # the second tiles ("plain" below) are the rotated upper halves
+            b, c_t, b_plain, c_plain = paired_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, HALF, NB, DOT)
+        else:
+            b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE, DOT)
+            b_plain = b  # (unused without PLAIN)
+            c_plain = c_t
         from_state = mm(b, tl.trans(ds), DOT)  # dS B~_s, for dxd
         sb = dt_to_end * mm_split_b(x, ds, DOT)
         b_db = tl.sum(b * sb, axis=1)
-        b_plain = b  # (unused without PLAIN)
-        c_plain = c_t
-        if PLAIN:  # the plain channels: loads exact in the half type
-            b_plain = load_cols(Bg, G * N, rows, row_mask, NR, N - NR, PB)
-            c_plain = load_cols(Cg, G * N, rows, row_mask, NR, N - NR, PB)
+        if PLAIN:
+            if not PAIRED:  # the plain channels: loads exact in the half type
+                b_plain = load_cols(Bg, G * N, rows, row_mask, NR, N - NR, PB)
+                c_plain = load_cols(Cg, G * N, rows, row_mask, NR, N - NR, PB)
             from_state += mm(b_plain, tl.trans(ds_plain), DOT)
             sb_plain = dt_to_end * mm_split_b(x, ds_plain, DOT)
             b_db += tl.sum(b_plain * sb_plain, axis=1)
         dG = tl.load(cdc_ptr + rows * H + head, mask=row_mask, other=0.0) - b_db
         # plus the in-chunk terms: loaded (LOCAL: _ssd_bwd_chunk_local wrote them) or computed here
         if LOCAL:
-            db_in = load_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, N, NB)
+            db_in = load_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, NR, NB)
+            if PLAIN:
+                db_in_plain = load_cols(dBl_ptr + head * N, H * N, rows, row_mask, NR, N - NR, PB)
             dxd = load_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
             dG += tl.load(dgl_ptr + rows * H + head, mask=row_mask, other=0.0)
         else:
