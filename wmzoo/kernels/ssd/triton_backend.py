@@ -9,8 +9,7 @@ backward runs the forward sweep, then the chunk-local kernel over all chunks at 
 reverse sweep, which adds the state terms to the local ones (triton_bwd). They write dB~ and dC~
 (gradients w.r.t. the rotated B, C) per head; with g < h, summing each group's heads is a torch
 op after them (fp32 per-head buffers), with g = h they write in place; with RoPE, one
-elementwise kernel then turns them back (RoPE's transpose), except where the sweeps hold the
-paired halves (r = n) and store dB, dC turned back already.
+elementwise kernel then turns them back (RoPE's transpose).
 """
 
 from __future__ import annotations
@@ -344,11 +343,8 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
     dA = dA_part.sum(0).to(A.dtype)
     dD = empty_like_none(x) if D is None else dD_part.sum(0).to(D.dtype)
     d_initial = empty_like_none(x) if initial_state is None else dh0
-    # RoPE's transpose is linear and the same for every head of a token, so the paired sweeps
-    # apply it per head before the group sum
-    turn = 0 if columns["PAIRED"] else half
-    dB = _group_grad(dB_heads, B, cos, sin, turn)
-    dC = _group_grad(dC_heads, C, cos, sin, turn)
+    dB = _group_grad(dB_heads, B, cos, sin, half)
+    dC = _group_grad(dC_heads, C, cos, sin, half)
     return dx, ddt, dA, dB, dC, dD, d_initial
 
 

@@ -27,9 +27,7 @@ head); the backend sums the heads of a group when g < h and then applies RoPE's 
 into rotated channels [0, NR) and plain ones [NR, n) as in triton_fwd: every product over n is
 then the sum of the two parts' products, and the plain parts go from their loads into them.
 PAIRED (r = n) cuts at r / 2 as triton_fwd does: the two tiles are the rotated halves, loaded
-plain and turned against each other (paired_operands), no partner gathered; the gradients'
-halves are turned back before their stores (store_unrotated_halves), so the kernels write dB
-and dC themselves and the backend's elementwise pass is skipped.
+plain and turned against each other (paired_operands), no partner gathered.
 
 Precision of dA: the per-token dL/dG_t are large and cancel over the sequence (every pair of
 tokens enters once with + and once with -), and dA sums them all, so each pair must be the same
@@ -62,7 +60,6 @@ from .triton_common import (
     program_chunks,
     store_cols,
     store_state_cols,
-    store_unrotated_halves,
 )
 
 
@@ -80,11 +77,13 @@ def rotated_operands(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HA
 
 
 @triton.jit
-def paired_operands(Bg, Cg, row_stride, rows, row_mask, cos, sin, HALF,
+def paired_operands(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF,
                     HB: tl.constexpr, DOT: tl.constexpr):
     """B~ and C~ of a chunk at r = n as the two halves RoPE turns against each other (PAIRED):
-    b_lo, c_lo, b_hi, c_hi, each (rows, HB), from plain loads and the chunk's (rows, HB)
-    tables; rounded once like rotated_operands'."""
+    b_lo, c_lo, b_hi, c_hi, each (rows, HB), from plain loads and one pair of (rows, HB) tables;
+    rounded once like rotated_operands'."""
+    cos = load_cols(cos_ptr, HALF, rows, row_mask, 0, HALF, HB)
+    sin = load_cols(sin_ptr, HALF, rows, row_mask, 0, HALF, HB)
     b_lo, b_hi = load_rotated_halves(Bg, row_stride, rows, row_mask, cos, sin, HALF, HB)
     c_lo, c_hi = load_rotated_halves(Cg, row_stride, rows, row_mask, cos, sin, HALF, HB)
     return operand(b_lo, DOT), operand(c_lo, DOT), operand(b_hi, DOT), operand(c_hi, DOT)
@@ -147,17 +146,14 @@ def _ssd_bwd_forward_sweep(
         decay = tl.exp(tl.where(causal, lam[:, None] - lam[None, :], float("-inf")))
         dyxd = mm(dy, tl.trans(x), DOT) * (dt[None, :] * decay)  # [t, s]; x, dy exact operands
         if PAIRED:  # the second tiles ("plain" below) are the rotated upper halves
-            cos = load_cols(cos_ptr, HALF, rows, row_mask, 0, HALF, NB)
-            sin = load_cols(sin_ptr, HALF, rows, row_mask, 0, HALF, NB)
-            b, c_t, b_plain, c_plain = paired_operands(Bg, Cg, G * N, rows, row_mask, cos, sin, HALF, NB, DOT)
+            b, c_t, b_plain, c_plain = paired_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, HALF, NB, DOT)
         else:
             b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE, DOT)
         st = tl.exp(lam)[:, None] * mm_split_b(dy, s, DOT)
         dc = mm(dyxd, b, DOT) + st
         # C~ . dC~ through the state only (see module doc)
         cdc = tl.sum(c_t * st, axis=1)
-        if not PAIRED:
-            store_cols(dCh, H * N, rows, row_mask, 0, NR, dc, NB)
+        store_cols(dCh, H * N, rows, row_mask, 0, NR, dc, NB)
         weighted = tl.trans(xd * tl.exp(lam_end - lam)[:, None])
         s = tl.exp(lam_end) * s + mm_split_a(weighted, b, DOT)
         if PLAIN:
@@ -166,11 +162,7 @@ def _ssd_bwd_forward_sweep(
                 c_plain = load_cols(Cg, G * N, rows, row_mask, NR, N - NR, PB)
             st_plain = tl.exp(lam)[:, None] * mm_split_b(dy, s_plain, DOT)
             cdc += tl.sum(c_plain * st_plain, axis=1)
-            dc_plain = mm(dyxd, b_plain, DOT) + st_plain
-            if PAIRED:  # dC itself: RoPE's transpose on the halves here (the backend skips _unrotate)
-                store_unrotated_halves(dCh, H * N, rows, row_mask, dc, dc_plain, cos, sin, HALF, NB)
-            else:
-                store_cols(dCh, H * N, rows, row_mask, NR, N - NR, dc_plain, PB)
+            store_cols(dCh, H * N, rows, row_mask, NR, N - NR, mm(dyxd, b_plain, DOT) + st_plain, PB)
             s_plain = tl.exp(lam_end) * s_plain + mm_split_a(weighted, b_plain, DOT)
         tl.store(cdc_ptr + rows * H + head, cdc, mask=row_mask)
 
@@ -214,9 +206,7 @@ def _ssd_bwd_chunk_local(
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         if PAIRED:
-            cos = load_cols(cos_ptr, HALF, rows, row_mask, 0, HALF, NB)
-            sin = load_cols(sin_ptr, HALF, rows, row_mask, 0, HALF, NB)
-            b, c_t, b_plain, c_plain = paired_operands(Bg, Cg, G * N, rows, row_mask, cos, sin, HALF, NB, DOT)
+            b, c_t, b_plain, c_plain = paired_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, HALF, NB, DOT)
         else:
             b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE, DOT)
             b_plain = b  # (unused without PLAIN)
@@ -280,9 +270,7 @@ def _ssd_bwd_reverse_sweep(
         to_end = tl.exp(lam_end - lam)[:, None]
         dt_to_end = dt[:, None] * to_end  # xd dS = dt (x dS): x is exact in the half type
         if PAIRED:  # the second tiles ("plain" below) are the rotated upper halves
-            cos = load_cols(cos_ptr, HALF, rows, row_mask, 0, HALF, NB)
-            sin = load_cols(sin_ptr, HALF, rows, row_mask, 0, HALF, NB)
-            b, c_t, b_plain, c_plain = paired_operands(Bg, Cg, G * N, rows, row_mask, cos, sin, HALF, NB, DOT)
+            b, c_t, b_plain, c_plain = paired_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, HALF, NB, DOT)
         else:
             b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE, DOT)
             b_plain = b  # (unused without PLAIN)
@@ -309,12 +297,9 @@ def _ssd_bwd_reverse_sweep(
             db_in, dxd, dg_in, db_in_plain = in_chunk_terms(x, dy, dt, lam, b, c_t, b_plain, c_plain, causal_t,
                                                             DOT, PLAIN)
             dG += dg_in
-        if PAIRED:  # dB itself: RoPE's transpose on the halves here (the backend skips _unrotate)
-            store_unrotated_halves(dBh, H * N, rows, row_mask, db_in + sb, db_in_plain + sb_plain, cos, sin, HALF, NB)
-        else:
-            store_cols(dBh, H * N, rows, row_mask, 0, NR, db_in + sb, NB)
-            if PLAIN:
-                store_cols(dBh, H * N, rows, row_mask, NR, N - NR, db_in_plain + sb_plain, PB)
+        store_cols(dBh, H * N, rows, row_mask, 0, NR, db_in + sb, NB)
+        if PLAIN:
+            store_cols(dBh, H * N, rows, row_mask, NR, N - NR, db_in_plain + sb_plain, PB)
         dxd += to_end * from_state
         da = da_carry + tl.cumsum(dG, axis=0, reverse=True)
         da_carry += tl.sum(dG, axis=0)

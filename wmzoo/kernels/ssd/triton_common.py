@@ -218,15 +218,6 @@ def load_rotated_halves(ptr, row_stride, rows, row_mask, cos, sin, HALF, HB: tl.
 
 
 @triton.jit
-def store_unrotated_halves(ptr, row_stride, rows, row_mask, lo, hi, cos, sin, HALF, HB: tl.constexpr):
-    """Store RoPE's transpose (a turn by -angle) of lo, hi, the (rows, HB) halves of a gradient
-    w.r.t. rotated channels [0, 2 HALF): d_lo = lo cos + hi sin, d_hi = hi cos - lo sin. The
-    sweeps' paired halves end this way, so their dB / dC need no _unrotate pass."""
-    store_cols(ptr, row_stride, rows, row_mask, 0, HALF, lo * cos + hi * sin, HB)
-    store_cols(ptr, row_stride, rows, row_mask, HALF, HALF, hi * cos - lo * sin, HB)
-
-
-@triton.jit
 def load_rotated(ptr, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HALF,
                  NB: tl.constexpr, ROPE: tl.constexpr):
     """Rows of B or C (all n channels, fp32), rotated when ROPE."""
