@@ -245,8 +245,6 @@ def main():
                     help="leave fla out: its first call autotuned for > 3 minutes on triton 3.6 (H200)")
     ap.add_argument("--ours-only", action="store_true",
                     help="time wmzoo alone (no anchors, no compiled reference): A/B calls of two trees")
-    ap.add_argument("--split-rope", action="store_true",
-                    help="the backward's chunk-local split with RoPE too (triton_backend.LOCAL_WITH_ROPE)")
     ap.add_argument("--configs", help="probe.json of ssd_probe_configs.py: time only configs it passed")
     ap.add_argument("--shapes", default=",".join(str(i) for i in range(len(SHAPES))),
                     help="comma-separated indices into SHAPES (the whole table took more than one 10-minute "
@@ -260,10 +258,6 @@ def main():
         raise SystemExit(f"--shapes: indices in 0..{len(SHAPES) - 1}; --sections: a subset of correct,time,decode")
     if args.configs:
         use_probed_configs(args.configs)
-    if args.split_rope:
-        from wmzoo.kernels.ssd import triton_backend
-        triton_backend.LOCAL_WITH_ROPE = True
-        RESULTS["split_rope"] = True
     RESULTS["env"] = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                       "triton": __import__("triton").__version__}
     print(RESULTS["env"], flush=True)

@@ -115,7 +115,8 @@ def ssd_cases():
         yield f"SSD forward, {tag}", _ssd_fwd_kernel, fwd
         yield f"SSD backward forward sweep, {tag}", _ssd_bwd_forward_sweep, sweep
         if not rope:  # with RoPE the reverse sweep computes the in-chunk terms itself
-            yield f"SSD backward chunk-local terms, {tag}", _ssd_bwd_chunk_local, dict(tiles, ROPE=rope, PAIRED=False)
+            yield f"SSD backward chunk-local terms, {tag}", _ssd_bwd_chunk_local, dict(
+                {k: v for k, v in tiles.items() if k not in ("PLAIN", "PB")})
         yield f"SSD backward reverse sweep, {tag}", _ssd_bwd_reverse_sweep, reverse
         if rope:
             yield "SSD forward, RoPE 64 of 128, split tiles", _ssd_fwd_kernel, dict(fwd, **split)
@@ -124,10 +125,6 @@ def ssd_cases():
             yield "SSD backward reverse sweep, RoPE 64 of 128, split tiles", _ssd_bwd_reverse_sweep, dict(reverse, **split)
             yield ("SSD backward forward sweep, RoPE 128 of 128, paired halves", _ssd_bwd_forward_sweep,
                    dict(sweep, **split, PAIRED=True))
-            local = dict(tiles, ROPE=True, PAIRED=False)  # LOCAL_WITH_ROPE (off by default)
-            yield "SSD backward chunk-local terms, RoPE 64 of 128, split tiles", _ssd_bwd_chunk_local, dict(local, **split)
-            yield ("SSD backward chunk-local terms, RoPE 128 of 128, paired halves", _ssd_bwd_chunk_local,
-                   dict(local, **split, PAIRED=True))
             yield ("SSD backward reverse sweep, RoPE 128 of 128, paired halves", _ssd_bwd_reverse_sweep,
                    dict(reverse, **split, PAIRED=True))
 

@@ -6,10 +6,10 @@
 
 RoPE r 64 takes the forward at B4 T4096 H64 P64 N128 from 0.43 to 1.22 ms (ssd.md run 12), and
 the three load forms timed in run 8 did not say why (their predictions were off by up to 5x).
-``rope``, ``rope_local``, ``rope_single`` and ``prerotate`` compute one function (r 64), and
-the ``rope_full*`` variants another (r = n): their printed sums agree; the diagnostics replace
-``load_rotated`` in the forward kernel's module before its
-first compile, so one piece of the rotation is taken away at a time (timed, never used):
+``rope``, ``rope_single`` and ``prerotate`` compute one function (r 64), and the
+``rope_full*`` variants another (r = n): their printed sums agree; the diagnostics replace
+``load_rotated`` in the forward kernel's module before its first compile, so one piece of the
+rotation is taken away at a time (timed, never used):
 
 - ``rope``: the library's form: at r 64 of n 128 the rotated and the plain channels as two
   tiles (triton_fwd, PLAIN; the backward's sweeps too), the rotated ones gathered as below;
@@ -17,8 +17,6 @@ first compile, so one piece of the rotation is taken away at a time (timed, neve
   default), the kernels cut into the two halves that turn against each other (the library's
   form, triton_backend.PAIRED_ROPE_FORWARD / _BACKWARD) / gathered in one tile as in
   ``rope_single``; ``rope_full_paired_fwd`` (with ``--train``): paired in the forward only;
-- ``rope_local`` / ``rope_full_local`` (with ``--train``): ``rope`` / ``rope_full_paired`` with
-  the backward's in-chunk terms in the chunk-parallel kernel (triton_backend.LOCAL_WITH_ROPE);
 - ``rope_single``: one tile over all n, rotated where channel < r (triton_fwd, the library's
   form at r 64 until the fifteenth session), forward and backward, partner channels and
   cos / sin rows gathered per operand; every diagnostic below patches this kernel;
@@ -44,7 +42,8 @@ Measured (ssd.md run 14, an H100): none 0.433 ms, rope 1.213, const_tables 0.887
 H100, before the split tiles): none 0.423, rope 1.228, fma_only 0.742, fma_b_only 0.533,
 fma_c_only 0.540, prerotate 0.936; run 16 (an H100): forward rope 0.702 (split tiles),
 rope_single 1.218, rope_full 1.270, rope_full_paired 0.794 (none 0.423); with --train rope
-with the sweeps split 5.90 ms, with them joined 8.00, rope_single 8.50.
+with the sweeps split 5.90 ms, with them joined 8.00, rope_single 8.50; in a second call none
+4.345, rope 5.909, rope_full 8.743, rope_full_paired_fwd 8.282, rope_full_paired 6.778.
 Each runs in a process of its own: Triton resolves a kernel's helpers when it first compiles
 it. The output's sum is printed too: a diagnostic whose sum equals ``rope``'s was not patched in.
 """
@@ -72,9 +71,7 @@ from patched_module import patched_copy  # noqa: E402  (benchmarks/, the script'
 
 VARIANTS = ("none", "rope", "rope_single", "const_tables", "no_partner", "fma_only", "fma_b_only", "fma_c_only",
             "prerotate", "rope_full", "rope_full_paired")
-TRAIN_VARIANTS = ("none", "rope", "rope_local", "rope_single", "prerotate", "rope_full", "rope_full_paired",
-                  "rope_full_paired_fwd", "rope_full_local")
-TRAIN_ONLY = ("rope_local", "rope_full_paired_fwd", "rope_full_local")  # the others patch the forward
+TRAIN_VARIANTS = ("none", "rope", "rope_single", "prerotate", "rope_full", "rope_full_paired", "rope_full_paired_fwd")  # the others patch the forward
 SHAPE = (4, 4096, 64, 64, 128, 64)  # B, T, H, P, N, G: bench_ssd's main shape
 ROPE_DIM = 64
 
@@ -131,13 +128,11 @@ def _forward_with(b_fn: str, c_fn: str):
 
 
 def run_variant(name: str, train: bool = False) -> dict:
-    if name.endswith("_local"):
-        triton_backend.LOCAL_WITH_ROPE = True
     if name == "rope_full":
         triton_backend.PAIRED_ROPE_FORWARD = triton_backend.PAIRED_ROPE_BACKWARD = False
     elif name == "rope_full_paired_fwd":
         triton_backend.PAIRED_ROPE_BACKWARD = False
-    elif name not in ("none", "rope", "prerotate", "rope_full_paired", "rope_local", "rope_full_local"):
+    elif name not in ("none", "rope", "prerotate", "rope_full_paired"):
         # single tiles, and the diagnostics
         triton_backend.SPLIT_ROPE_FORWARD = triton_backend.SPLIT_ROPE_BACKWARD = False
         triton_backend.PAIRED_ROPE_FORWARD = triton_backend.PAIRED_ROPE_BACKWARD = False
@@ -195,7 +190,7 @@ def run_variant(name: str, train: bool = False) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", choices=VARIANTS + TRAIN_ONLY)
+    ap.add_argument("--variant", choices=VARIANTS + ("rope_full_paired_fwd",))
     ap.add_argument("--out", help="directory for rope_probe.json (with --variant unset: every variant)")
     ap.add_argument("--train", action="store_true", help=f"time forward and backward ({', '.join(TRAIN_VARIANTS)}), "
                     "not the forward alone")

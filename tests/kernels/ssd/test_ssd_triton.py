@@ -207,20 +207,6 @@ def test_rope_on_every_channel_forms_match_loop(monkeypatch, fwd, bwd, triton_ca
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("rope,n", [(12, 20), (32, 32)])
-def test_rope_chunk_local_terms_match_loop(monkeypatch, rope, n, triton_calls):
-    """With RoPE, the backward's in-chunk terms from the chunk-parallel kernel (LOCAL_WITH_ROPE)
-    in the sweeps' column tiles: rotated and plain channels (r 12 of n 20) and the paired
-    halves (r = n = 32); two pieces per sequence, forward and every gradient."""
-    from wmzoo.kernels.ssd import triton_backend
-
-    monkeypatch.setattr(triton_backend, "LOCAL_WITH_ROPE", True)
-    monkeypatch.setattr(triton_backend, "FORCE_LOCAL_PIECES", 2)
-    args = make_inputs(2, 65, 4, 2, 24, n, dtype=torch.float16, rope=rope, seed=13)
-    check_against_loop(args, 32, triton_calls, torch.float16)
-
-
-@pytest.mark.interpret
 @pytest.mark.parametrize("segs", [1, 3])
 def test_gpu_tile_padding_is_exact(monkeypatch, segs, triton_calls):
     """On CUDA every tile side is padded up to 64 (a Triton 3.6 Hopper miscompile, see
@@ -273,22 +259,20 @@ def test_segmented_sequences_match_loop(monkeypatch, t, dtype, rope, segs, trito
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("pieces,segs,rope", [(16, 1, 0), (5, 3, 0), (5, 1, 12)])
-def test_chunk_local_pieces_match_loop(monkeypatch, pieces, segs, rope, triton_calls):
+@pytest.mark.parametrize("pieces,segs", [(16, 1), (5, 3)])
+def test_chunk_local_pieces_match_loop(monkeypatch, pieces, segs, triton_calls):
     """The backward's chunk-local kernel splits each sequence into pieces independently of the
     sweeps' segments (16 on the GPU, with one segment at most shapes): 257 tokens in chunks of
     16 are 17 chunks, so 16 pieces leave some empty and 5 are uneven; every gradient against
-    the float64 loop. With RoPE the reverse sweep computes these terms itself unless
-    LOCAL_WITH_ROPE (the switch of the A/B in bench_ssd), which the RoPE case turns on."""
+    the float64 loop. (With RoPE the reverse sweep computes these terms itself.)"""
     from wmzoo.kernels.ssd import triton_backend
 
     monkeypatch.setattr(triton_backend, "FORCE_LOCAL_PIECES", pieces)
     monkeypatch.setattr(triton_backend, "FORCE_SEGMENTS", segs)
-    monkeypatch.setattr(triton_backend, "LOCAL_WITH_ROPE", rope > 0)
     split_runs = []  # local_pieces is asked only when the local kernel is launched
     real_pieces = triton_backend.local_pieces
     monkeypatch.setattr(triton_backend, "local_pieces", lambda dev: split_runs.append(dev) or real_pieces(dev))
-    args = make_inputs(2, 257, 2, 1, 24, 20, rope=rope, seed=pieces)
+    args = make_inputs(2, 257, 2, 1, 24, 20, seed=pieces)
     check_against_loop(args, 16, triton_calls, torch.float32)
     assert split_runs, "the backward did not launch the chunk-local kernel"
 

@@ -94,15 +94,14 @@ def _tiles(p: int, n: int, half: int, floor: int) -> dict:
 
 # The forward and the backward's sweeps cut B / C and the state into rotated and plain channel
 # tiles (PLAIN, triton_fwd) where RoPE leaves channels plain and both parts' padded widths fit
-# in one tile's (the reverse sweep only where it computes the in-chunk terms itself). At r 64 of
-# n 128 (ssd.md run 16, an H100): forward 1.218 -> 0.702 ms (0.423 without RoPE), and the
-# sweeps' cut takes forward+backward from 8.00 to 5.90 ms.
+# in one tile's. At r 64 of n 128 (ssd.md run 16, an H100): forward 1.218 -> 0.702 ms (0.423
+# without RoPE), and the sweeps' cut takes forward+backward from 8.00 to 5.90 ms (4.35).
 SPLIT_ROPE_FORWARD = True
 SPLIT_ROPE_BACKWARD = True
 # At r = n (the SSD block's default) they cut at r / 2 instead, into the halves RoPE turns
-# against each other (PAIRED): forward 1.270 -> 0.794 ms (run 16). The sweeps' paired halves
-# are not yet timed (benchmarks/ssd_rope_probe.py --train: rope_full_paired against
-# rope_full_paired_fwd).
+# against each other (PAIRED): forward 1.270 -> 0.794 ms, forward+backward 8.74 -> 8.28 with
+# the forward's halves and 6.78 with the sweeps' too (run 16). The switches stay for
+# benchmarks/ssd_rope_probe.py, which times each form against the others.
 PAIRED_ROPE_FORWARD = True
 PAIRED_ROPE_BACKWARD = True
 
@@ -174,11 +173,6 @@ FORCE_SEGMENTS = 0  # > 0: that many segments everywhere (tests of the segmented
 # programs at B4 H64 (4 chunks each), 512 at B1 H32 (T 32768: 32 chunks each).
 LOCAL_PIECES_CUDA = 16
 FORCE_LOCAL_PIECES = 0  # > 0: that many pieces everywhere (tests of the GPU's split on CPU)
-# The split with RoPE too (the local kernel in the sweeps' column tiles). Off: in run 12
-# (ssd.md) it cost 0.78 ms with RoPE, a third kernel paying the rotation in one gathered tile,
-# spilling ~4 KB per thread. With the split / paired tiles that cost is smaller; timed by
-# ssd_rope_probe.py --train (rope_local, rope_full_local; bench_ssd --split-rope sets it too).
-LOCAL_WITH_ROPE = False
 
 
 def local_pieces(device: torch.device) -> int:
@@ -313,18 +307,18 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
     # with the outputs: a traced graph sees each kernel's writes separately); the reverse sweep
     # adds the state terms. Only rows of sequences are written and read.
     # With RoPE the reverse sweep computes them itself: each kernel that rotates B and C pays
-    # the rotation, and a third one cost more than it saved (ssd.md run 12).
-    split = half == 0 or LOCAL_WITH_ROPE
-    if split:
+    # the rotation, and a third one cost more than it saved (ssd.md runs 12 and 16).
+    local = half == 0
+    if local:
         dB_local = x.new_empty(b * t, h, n, dtype=torch.float32)
         dxd_local = x.new_empty(b * t, h, p, dtype=torch.float32)
         dG_local = x.new_empty(b * t, h, dtype=torch.float32)
         pieces = local_pieces(x.device)
         launch(_ssd_bwd_chunk_local)[(seqs * pieces, h)](
-            dy, x, dt, A, B, C, cu, cos, sin,
+            dy, x, dt, A, B, C, cu,
             dB_local, dxd_local, dG_local,
-            t, h, g, p, n, half, pieces,
-            HAS_CU=varlen, Q=chunk_size, DOT=_dot(x), **columns,
+            t, h, g, p, n, pieces,
+            HAS_CU=varlen, Q=chunk_size, DOT=_dot(x), BLOCK_P=tiles["BLOCK_P"], NB=tiles["NB"],
         )
     else:
         dB_local = dxd_local = dG_local = c_dc  # not read (LOCAL off)
@@ -336,7 +330,7 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
         c_dc, carry if segs > 1 else d_final, dB_local, dxd_local, dG_local,
         dx, ddt, dB_heads, dA_part, dD_part, dh0,
         t, h, g, p, n, half, segs,
-        HAS_DFINAL=ends is not None, HAS_D=D is not None, HAS_CU=varlen, LOCAL=split,
+        HAS_DFINAL=ends is not None, HAS_D=D is not None, HAS_CU=varlen, LOCAL=local,
         Q=chunk_size, DOT=_dot(x), **columns,
     )
 

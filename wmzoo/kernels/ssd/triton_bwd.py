@@ -16,7 +16,8 @@ kernel computes them and writes them in fp32, and the sweep adds the terms with 
 a chain of dependent steps with one program per SM (latency-bound, docs/benchmarks/NOTES.md);
 taking the local work off it leaves each step 5 of its 9 products (-0.49 ms of 4.57 on an H100,
 ssd.md run 12). With RoPE the sweep computes them itself (LOCAL off): a third kernel rotating B
-and C cost more than the products saved (+0.78 ms, same run).
+and C cost more than the products saved (+0.78 ms, same run; in run 16, with the split / paired
+tiles in it too, +0.36 ms at r 64 and +0.90 ms at r = n), so the local kernel takes no RoPE.
 The decays: with G_t the cumulative log decay over the whole sequence, the loss depends on G
 only through exp(G_t - G_s) and exp(G_t) factors, which gives
     dL/dG_t = C~_t . dC~_t - B~_t . dB~_t  (+ <dfinal, final> at the last token),
@@ -175,21 +176,19 @@ def _ssd_bwd_forward_sweep(
     tl.store(dff_ptr + k * H + head, dff)
 
 
-@autotuned(configs(((4, 1), (4, 2), (8, 1))), key=TILE_KEY + ["PB", "PLAIN", "PAIRED"])
+@autotuned(configs(((4, 1), (4, 2), (8, 1))), key=[k for k in TILE_KEY if k != "ROPE"])
 @triton.jit
 def _ssd_bwd_chunk_local(
-    dy_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cu_ptr, cos_ptr, sin_ptr,
+    dy_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cu_ptr,
     dBl_ptr, dxdl_ptr, dgl_ptr,
-    T, H, G, P, N, HALF, SEGS, NR,
-    HAS_CU: tl.constexpr, ROPE: tl.constexpr,
+    T, H, G, P, N, SEGS,
+    HAS_CU: tl.constexpr,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
-    PLAIN: tl.constexpr, PB: tl.constexpr, PAIRED: tl.constexpr,
 ):
-    """The reverse sweep's in-chunk terms, fp32 per (token, head): dB~ and dxd through the
-    chunk's own tokens, and W's column sums minus row sums (dL/dG's in-chunk part). Programs
-    (sequence x SEGS + piece, head) each take a run of chunks; no chunk depends on another.
-    B~ / C~ in the sweeps' column tiles (PLAIN, PAIRED)."""
-    tl.static_assert(not PAIRED or (PLAIN and ROPE and PB == NB))
+    """The reverse sweep's in-chunk terms without RoPE, fp32 per (token, head): dB and dxd
+    through the chunk's own tokens, and W's column sums minus row sums (dL/dG's in-chunk part).
+    Programs (sequence x SEGS + piece, head) each take a run of chunks; no chunk depends on
+    another."""
     k = tl.program_id(0)
     head = tl.program_id(1)
     steps = tl.arange(0, Q)
@@ -205,25 +204,15 @@ def _ssd_bwd_chunk_local(
         dt, lam, lam_end = chunk_decays(dt_ptr, rows, row_mask, H, head, A)
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
         dy = load_cols(dy_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
-        if PAIRED:
-            b, c_t, b_plain, c_plain = paired_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, HALF, NB, DOT)
-        else:
-            b, c_t = rotated_operands(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE, DOT)
-            b_plain = b  # (unused without PLAIN)
-            c_plain = c_t
-            if PLAIN:
-                b_plain = load_cols(Bg, G * N, rows, row_mask, NR, N - NR, PB)
-                c_plain = load_cols(Cg, G * N, rows, row_mask, NR, N - NR, PB)
-        db_in, dxd_in, dg_in, db_plain = in_chunk_terms(x, dy, dt, lam, b, c_t, b_plain, c_plain, causal_t, DOT,
-                                                        PLAIN)
-        store_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, NR, db_in, NB)
-        if PLAIN:
-            store_cols(dBl_ptr + head * N, H * N, rows, row_mask, NR, N - NR, db_plain, PB)
+        b = load_cols(Bg, G * N, rows, row_mask, 0, N, NB)
+        c_t = load_cols(Cg, G * N, rows, row_mask, 0, N, NB)
+        db_in, dxd_in, dg_in, _ = in_chunk_terms(x, dy, dt, lam, b, c_t, b, c_t, causal_t, DOT, False)
+        store_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, N, db_in, NB)
         store_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, dxd_in, BLOCK_P)
         tl.store(dgl_ptr + rows * H + head, dg_in, mask=row_mask)
 
 
-@autotuned(configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY + ["PB", "PLAIN", "PAIRED", "LOCAL"])
+@autotuned(configs(((4, 1), (8, 1), (8, 2))), key=TILE_KEY + ["PB", "PLAIN", "PAIRED"])
 @triton.jit
 def _ssd_bwd_reverse_sweep(
     dy_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, cu_ptr, cos_ptr, sin_ptr,
@@ -235,9 +224,9 @@ def _ssd_bwd_reverse_sweep(
     Q: tl.constexpr, BLOCK_P: tl.constexpr, NB: tl.constexpr, DOT: tl.constexpr,
     PLAIN: tl.constexpr, PB: tl.constexpr, PAIRED: tl.constexpr,
 ):
-    """LOCAL: the in-chunk terms come from _ssd_bwd_chunk_local's buffers (written in this
-    kernel's column tiles); otherwise this kernel computes them (with RoPE: one kernel fewer
-    rotating B and C, see the backend)."""
+    """LOCAL (without RoPE): the in-chunk terms come from _ssd_bwd_chunk_local's buffers;
+    otherwise (with RoPE) this kernel computes them: one kernel fewer rotating B and C."""
+    tl.static_assert(not (LOCAL and ROPE))
     tl.static_assert(not PAIRED or (PLAIN and ROPE and PB == NB))
     k = tl.program_id(0)  # state index: sequence x SEGS + segment (the sequence when SEGS = 1)
     head = tl.program_id(1)
@@ -288,9 +277,7 @@ def _ssd_bwd_reverse_sweep(
         dG = tl.load(cdc_ptr + rows * H + head, mask=row_mask, other=0.0) - b_db
         # plus the in-chunk terms: loaded (LOCAL: _ssd_bwd_chunk_local wrote them) or computed here
         if LOCAL:
-            db_in = load_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, NR, NB)
-            if PLAIN:
-                db_in_plain = load_cols(dBl_ptr + head * N, H * N, rows, row_mask, NR, N - NR, PB)
+            db_in = load_cols(dBl_ptr + head * N, H * N, rows, row_mask, 0, N, NB)
             dxd = load_cols(dxdl_ptr + head * P, H * P, rows, row_mask, 0, P, BLOCK_P)
             dG += tl.load(dgl_ptr + rows * H + head, mask=row_mask, other=0.0)
         else:
