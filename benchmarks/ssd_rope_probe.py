@@ -71,7 +71,8 @@ from patched_module import patched_copy  # noqa: E402  (benchmarks/, the script'
 
 VARIANTS = ("none", "rope", "rope_single", "const_tables", "no_partner", "fma_only", "fma_b_only", "fma_c_only",
             "prerotate", "rope_full", "rope_full_paired")
-TRAIN_VARIANTS = ("none", "rope", "rope_single", "prerotate", "rope_full", "rope_full_paired", "rope_full_paired_fwd")  # the others patch the forward
+# --train: the others patch the forward kernel alone
+TRAIN_VARIANTS = ("none", "rope", "rope_single", "prerotate", "rope_full", "rope_full_paired", "rope_full_paired_fwd")
 SHAPE = (4, 4096, 64, 64, 128, 64)  # B, T, H, P, N, G: bench_ssd's main shape
 ROPE_DIM = 64
 

@@ -56,7 +56,7 @@ def test_ssd_kernels_have_a_config_that_fits_the_h200_at_the_largest_tiles():
              (_ssd_bwd_reverse_sweep, {**reverse, **split}),
              (_ssd_bwd_forward_sweep, {**sweep, **split, "PAIRED": True}),
              (_ssd_bwd_reverse_sweep, {**reverse, **split, "PAIRED": True}),
-             # launched by default only without RoPE
+             # launched only without RoPE
              (_ssd_bwd_chunk_local, {k: v for k, v in tiles.items() if k != "ROPE"})]
     for kernel, consts in cases:
         first = types.SimpleNamespace(fn=kernel.fn, configs=kernel.configs[:1])

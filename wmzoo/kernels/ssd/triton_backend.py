@@ -286,7 +286,7 @@ def backward(dy, dfinal_state, x, dt, A, B, C, D, initial_state, cu_seqlens, rop
         starts = initial_state.contiguous() if initial_state is not None else None
         ends = dfinal_state.contiguous() if dfinal_state is not None else None
 
-    # The sweeps' and the local kernel's B / C column tiles (see SPLIT_ROPE_BACKWARD)
+    # The sweeps' B / C column tiles (see SPLIT_ROPE_BACKWARD)
     columns = _column_tiles(tiles, n, half, _min_tile(x), SPLIT_ROPE_BACKWARD, PAIRED_ROPE_BACKWARD)
     dC_heads = _grad_buffer(C, h, varlen)
     c_dc = x.new_empty(b * t, h, dtype=torch.float32)  # C~_t . dC~_t (state part)
