@@ -7,12 +7,16 @@ kernel taken away.
 Two changes aimed at the theta kernel (no K binary search; tensor-core running counts) were
 timed slower than predicted and reverted (dmattn.md runs 13 and 14), so this splits its time
 before a third. Each variant is a copy of ``triton_select`` with one piece replaced, written
-beside it (its relative imports resolve) and removed once imported; only ``base`` is correct:
+beside it (its relative imports resolve) and removed once imported; ``base`` and ``search4``
+are correct (their printed sums of theta, count and the kept lists agree), the others not:
 
 - ``base``: the library's selection;
 - ``no_search``: theta's binary search of K (each block key's count of K entries above it)
   replaced by zeros;
-- ``no_scans``: theta's two M x M running counts (tl.cumsum) replaced by the flags themselves.
+- ``no_scans``: theta's two M x M running counts (tl.cumsum) replaced by the flags themselves;
+- ``search4``: every sorted-list search (theta's and the scan's merges) 4-ary: three probes
+  loaded together per step, half the dependent steps of the binary search (not yet timed;
+  ``no_search`` bounds what theta's part can save).
 
 At B1 H16 T16384 w 1024 on the GPU (dmattn.md run 14, an H100): base 0.260 ms of theta,
 no_search 0.191, no_scans 0.153; the selection's kernels 0.594 ms in all.
@@ -41,14 +45,47 @@ VARIANTS = {
                    "n_k_above = tl.zeros([BLOCK_M], dtype=tl.int32)")],
     "no_scans": [("tl.cumsum(A.to(tl.int32), axis=1)", "A.to(tl.int32)"),
                  ("tl.cumsum(y_over_c.to(tl.int32), axis=1)", "y_over_c.to(tl.int32)")],
+    "search4": [("""    for _ in range(steps):
+        live = lo < hi
+        mid = (lo + hi) // 2
+        m_i = tl.load(lst + mid, mask=live, other=-1)
+        m_b = tl.load(lst_b + mid, mask=live & (m_i >= 0), other=0.0)
+        above = (m_i >= 0) & ranks_above(m_b, m_i, x_b, x_i)
+        lo = tl.where(live & above, mid + 1, lo)
+        hi = tl.where(live & (above == 0), mid, hi)
+    return lo""", """    # 4-ary: [lo, hi) shrinks to at most a quarter per step, so ceil(bit_length(n) / 2) steps
+    for _ in range((steps + 1) // 2):
+        live = lo < hi
+        span = hi - lo
+        p1 = lo + span // 4
+        p2 = lo + span // 2
+        p3 = lo + (3 * span) // 4
+        a1 = _above_at(lst, lst_b, p1, live, x_b, x_i)
+        a2 = _above_at(lst, lst_b, p2, live, x_b, x_i)
+        a3 = _above_at(lst, lst_b, p3, live, x_b, x_i)
+        new_lo = tl.where(a3, p3 + 1, tl.where(a2, p2 + 1, tl.where(a1, p1 + 1, lo)))
+        new_hi = tl.where(a3, hi, tl.where(a2, p3, tl.where(a1, p2, p1)))
+        lo = tl.where(live, new_lo, lo)
+        hi = tl.where(live, new_hi, hi)
+    return lo""")],
 }
+# appended to the search4 copy (Triton resolves a kernel's globals when it compiles it)
+SEARCH4_HELPER = """
+
+@triton.jit
+def _above_at(lst, lst_b, pos, live, x_b, x_i):
+    m_i = tl.load(lst + pos, mask=live, other=-1)
+    m_b = tl.load(lst_b + pos, mask=live & (m_i >= 0), other=0.0)
+    return (m_i >= 0) & ranks_above(m_b, m_i, x_b, x_i)
+"""
 SHAPE = (1, 16, 16384, 1024)  # b, kv heads, t, keep_window: bench_dmattn's long shape, w 1024
 BLOCK_M = 128  # the GPU's query block (triton_backend.BLOCK_M)
 
 
 def patched_select(name: str):
     """select_window from a copy of triton_select with the variant's replacements."""
-    return patched_copy(triton_select, VARIANTS[name], tag=f"probe_{name}").select_window
+    extra = SEARCH4_HELPER if name == "search4" else ""
+    return patched_copy(triton_select, VARIANTS[name], extra, tag=f"probe_{name}").select_window
 
 
 def run_variant(name: str) -> dict:
@@ -59,8 +96,11 @@ def run_variant(name: str) -> dict:
     bias = torch.randn(b, h, t, device=dev, generator=torch.Generator(device=dev).manual_seed(0))
     layout = block_layout(t, None, block_m, bias.device)
     with direct_launches():
-        theta = select(bias, w, block_m, layout)[2]
-        result = {"theta_sum": int(theta.sum())}
+        kept, _, theta, count = select(bias, w, block_m, layout)
+        # kept lists weighted by slot, so that an entry in the wrong slot changes the sum
+        slots = torch.arange(1, w + 1, device=dev)
+        result = {"theta_sum": int(theta.sum()), "count_sum": int(count.sum()),
+                  "kept_sum": int((kept.long() * slots).sum())}
         if dev != "cuda":
             return result
         for _ in range(3):
