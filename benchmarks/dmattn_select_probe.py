@@ -45,15 +45,24 @@ VARIANTS = {
                    "n_k_above = tl.zeros([BLOCK_M], dtype=tl.int32)")],
     "no_scans": [("tl.cumsum(A.to(tl.int32), axis=1)", "A.to(tl.int32)"),
                  ("tl.cumsum(y_over_c.to(tl.int32), axis=1)", "y_over_c.to(tl.int32)")],
-    "search4": [("""    for _ in range(steps):
-        live = lo < hi
-        mid = (lo + hi) // 2
-        m_i = tl.load(lst + mid, mask=live, other=-1)
-        m_b = tl.load(lst_b + mid, mask=live & (m_i >= 0), other=0.0)
-        above = (m_i >= 0) & ranks_above(m_b, m_i, x_b, x_i)
-        lo = tl.where(live & above, mid + 1, lo)
-        hi = tl.where(live & (above == 0), mid, hi)
-    return lo""", """    # 4-ary: [lo, hi) shrinks to at most a quarter per step, so ceil(bit_length(n) / 2) steps
+    # the library's search renamed away; the 4-ary one appended under its name (SEARCH4)
+    "search4": [("def _count_above(", "def _count_above_binary(")],
+}
+# appended to the search4 copy (Triton resolves a kernel's globals when it compiles it)
+SEARCH4 = """
+
+@triton.jit
+def _above_at(lst, lst_b, pos, live, x_b, x_i):
+    m_i = tl.load(lst + pos, mask=live, other=-1)
+    m_b = tl.load(lst_b + pos, mask=live & (m_i >= 0), other=0.0)
+    return (m_i >= 0) & ranks_above(m_b, m_i, x_b, x_i)
+
+
+@triton.jit
+def _count_above(x_b, x_i, lst, lst_b, n, steps):
+    # 4-ary: [lo, hi) shrinks to at most a quarter per step, so ceil(bit_length(n) / 2) steps
+    lo = tl.zeros(x_i.shape, dtype=tl.int32)
+    hi = tl.zeros(x_i.shape, dtype=tl.int32) + n
     for _ in range((steps + 1) // 2):
         live = lo < hi
         span = hi - lo
@@ -67,16 +76,7 @@ VARIANTS = {
         new_hi = tl.where(a3, hi, tl.where(a2, p3, tl.where(a1, p2, p1)))
         lo = tl.where(live, new_lo, lo)
         hi = tl.where(live, new_hi, hi)
-    return lo""")],
-}
-# appended to the search4 copy (Triton resolves a kernel's globals when it compiles it)
-SEARCH4_HELPER = """
-
-@triton.jit
-def _above_at(lst, lst_b, pos, live, x_b, x_i):
-    m_i = tl.load(lst + pos, mask=live, other=-1)
-    m_b = tl.load(lst_b + pos, mask=live & (m_i >= 0), other=0.0)
-    return (m_i >= 0) & ranks_above(m_b, m_i, x_b, x_i)
+    return lo
 """
 SHAPE = (1, 16, 16384, 1024)  # b, kv heads, t, keep_window: bench_dmattn's long shape, w 1024
 BLOCK_M = 128  # the GPU's query block (triton_backend.BLOCK_M)
@@ -84,7 +84,7 @@ BLOCK_M = 128  # the GPU's query block (triton_backend.BLOCK_M)
 
 def patched_select(name: str):
     """select_window from a copy of triton_select with the variant's replacements."""
-    extra = SEARCH4_HELPER if name == "search4" else ""
+    extra = SEARCH4 if name == "search4" else ""
     return patched_copy(triton_select, VARIANTS[name], extra, tag=f"probe_{name}").select_window
 
 
