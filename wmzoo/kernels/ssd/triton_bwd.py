@@ -51,8 +51,8 @@ from .triton_common import (
     chunk_decays,
     configs,
     load_cols,
+    load_paired_halves,
     load_rotated,
-    load_rotated_halves,
     load_state_cols,
     mm,
     mm_split_a,
@@ -80,13 +80,9 @@ def rotated_operands(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, N, HA
 @triton.jit
 def paired_operands(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF,
                     HB: tl.constexpr, DOT: tl.constexpr):
-    """B~ and C~ of a chunk at r = n as the two halves RoPE turns against each other (PAIRED):
-    b_lo, c_lo, b_hi, c_hi, each (rows, HB), from plain loads and one pair of (rows, HB) tables;
-    rounded once like rotated_operands'."""
-    cos = load_cols(cos_ptr, HALF, rows, row_mask, 0, HALF, HB)
-    sin = load_cols(sin_ptr, HALF, rows, row_mask, 0, HALF, HB)
-    b_lo, b_hi = load_rotated_halves(Bg, row_stride, rows, row_mask, cos, sin, HALF, HB)
-    c_lo, c_hi = load_rotated_halves(Cg, row_stride, rows, row_mask, cos, sin, HALF, HB)
+    """load_paired_halves' b_lo, c_lo, b_hi, c_hi (PAIRED, r = n), rounded once like
+    rotated_operands'."""
+    b_lo, c_lo, b_hi, c_hi = load_paired_halves(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, HB)
     return operand(b_lo, DOT), operand(c_lo, DOT), operand(b_hi, DOT), operand(c_hi, DOT)
 
 

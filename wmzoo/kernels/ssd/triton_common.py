@@ -11,9 +11,10 @@ sequence's first token, so a chunk never holds two sequences and no state crosse
 RoPE on load: ``load_rotated`` forms a rotated tile from the plain load and gathers of each
 channel's rotation partner (channel i pairs with i + r/2 for i < r/2) and of its cos / sin;
 ``load_rotated_halves`` loads the two halves a rotation pairs as separate plain tiles and turns
-them against each other. B~, C~ and the p x n state are single n-wide tiles, or cut by column
-(triton_fwd's PLAIN: the rotated and the plain channels, or the two halves at r = n), with the
-state parts loaded and stored by ``load_state_cols`` / ``store_state_cols``. The backward's
+them against each other (``load_paired_halves``: B's and C's, one table pair for both). B~, C~
+and the p x n state are single n-wide tiles, or cut by column (triton_fwd's PLAIN: the rotated
+and the plain channels, or the two halves at r = n), with the state parts loaded and stored by
+``load_state_cols`` / ``store_state_cols``. The backward's
 kernels produce gradients w.r.t. the rotated B~ and C~; RoPE's transpose is applied to them
 afterwards by ``_unrotate_kernel`` (elementwise, in place).
 """
@@ -215,6 +216,18 @@ def load_rotated_halves(ptr, row_stride, rows, row_mask, cos, sin, HALF, HB: tl.
     lo = load_cols(ptr, row_stride, rows, row_mask, 0, HALF, HB)
     hi = load_cols(ptr, row_stride, rows, row_mask, HALF, HALF, HB)
     return lo * cos - hi * sin, hi * cos + lo * sin
+
+
+@triton.jit
+def load_paired_halves(Bg, Cg, row_stride, rows, row_mask, cos_ptr, sin_ptr, HALF, HB: tl.constexpr):
+    """B~ and C~ of a chunk at r = n as the halves RoPE turns against each other (the kernels'
+    PAIRED form): b_lo, c_lo, b_hi, c_hi, each (rows, HB), with the chunk's (rows, HB) tables
+    read once for B and C."""
+    cos = load_cols(cos_ptr, HALF, rows, row_mask, 0, HALF, HB)
+    sin = load_cols(sin_ptr, HALF, rows, row_mask, 0, HALF, HB)
+    b_lo, b_hi = load_rotated_halves(Bg, row_stride, rows, row_mask, cos, sin, HALF, HB)
+    c_lo, c_hi = load_rotated_halves(Cg, row_stride, rows, row_mask, cos, sin, HALF, HB)
+    return b_lo, c_lo, b_hi, c_hi
 
 
 @triton.jit

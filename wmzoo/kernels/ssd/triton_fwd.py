@@ -37,8 +37,8 @@ from .triton_common import (
     chunk_decays,
     configs,
     load_cols,
+    load_paired_halves,
     load_rotated,
-    load_rotated_halves,
     load_state_cols,
     mm,
     program_chunks,
@@ -90,10 +90,7 @@ def _ssd_fwd_kernel(
         x = load_cols(x_ptr + head * P, H * P, rows, row_mask, tl.program_id(2) * BLOCK_P, P - tl.program_id(2) * BLOCK_P, BLOCK_P)
         xd = x * dt[:, None]
         if PAIRED:  # the second tile ("plain" below) is the rotated upper half
-            cos = load_cols(cos_ptr, HALF, rows, row_mask, 0, HALF, NB)
-            sin = load_cols(sin_ptr, HALF, rows, row_mask, 0, HALF, NB)
-            b, b_plain = load_rotated_halves(Bg, G * N, rows, row_mask, cos, sin, HALF, NB)
-            c_t, c_plain = load_rotated_halves(Cg, G * N, rows, row_mask, cos, sin, HALF, NB)
+            b, c_t, b_plain, c_plain = load_paired_halves(Bg, Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, HALF, NB)
         else:
             b = load_rotated(Bg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE)
             c_t = load_rotated(Cg, G * N, rows, row_mask, cos_ptr, sin_ptr, NR, HALF, NB, ROPE)
